@@ -1,0 +1,126 @@
+"""The one place where logical axis names meet the device mesh.
+
+Modules annotate parameters and activations with *logical* axis names only
+(`nn.with_logical_partitioning`, `nn.with_logical_constraint`). This module
+maps them to a `(data, model)` mesh:
+
+  * parameters: `vocab`, `mlp`, `heads` are split over `model` (tensor
+    parallelism); `embed` may additionally be split over `data` (FSDP) for
+    models that do not fit replicated; everything else is replicated.
+  * activations (`activation_*` names): batch over `data`, MLP / heads / vocab
+    over `model`.
+  * prompt-method axes (`prompt`, `prompt_embed`, ...) are always replicated,
+    so a prompt can always be written as one `.npy`.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+LogicalRules = Sequence[tuple[str, Optional[str | tuple[str, ...]]]]
+
+MESH_AXES = ("data", "model")
+
+# Axes that belong to prompt methods; always replicated.
+PROMPT_AXES = (
+    "prompt", "prompt_embed", "prompt_rank", "prompt_layers", "prompt_kv",
+    "prompt_mlp", "tasks", "head_classes", "scale",
+)
+
+
+def standard_logical_axis_rules(
+    fsdp: bool = False,
+    additional_rules: Optional[LogicalRules] = None) -> tuple:
+  """Logical -> mesh axis rules for all our models.
+
+  Args:
+    fsdp: also shard the frozen parameters' `embed` axis over `data`, so a
+      large backbone (T5-XXL) is spread over every device instead of
+      replicated along the data axis.
+    additional_rules: appended rules; the first rule naming an axis wins, so
+      these cannot override the standard ones (prepend by hand if needed).
+  """
+  rules = [
+      # ---- parameters ----
+      ("vocab", "model"),
+      ("mlp", "model"),
+      ("heads", "model"),
+      ("kv", None),
+      ("embed", "data" if fsdp else None),
+      ("relpos_buckets", None),
+      ("layers", None),
+      ("classes", None),
+      ("position", None),
+      ("token_type", None),
+      # ---- activations ----
+      ("activation_batch", "data"),
+      ("activation_length", None),
+      ("activation_kv_length", None),
+      ("activation_embed", None),
+      ("activation_mlp", "model"),
+      ("activation_heads", "model"),
+      ("activation_kv", None),
+      ("activation_vocab", "model"),
+  ]
+  rules += [(axis, None) for axis in PROMPT_AXES]
+  if additional_rules:
+    rules += list(additional_rules)
+  return tuple(rules)
+
+
+def make_mesh(data: int = -1, model: int = 1,
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """Builds a `(data, model)` mesh; -1 in `data` takes all remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  if data == -1:
+    if len(devices) % model:
+      raise ValueError(f"{len(devices)} devices are not divisible by model={model}.")
+    data = len(devices) // model
+  if data * model != len(devices):
+    raise ValueError(
+        f"Mesh (data={data}, model={model}) needs {data * model} devices; "
+        f"{len(devices)} are available.")
+  return Mesh(np.asarray(devices).reshape(data, model), MESH_AXES)
+
+
+def logical_specs(abstract_variables: Any) -> Any:
+  """Tree of logical PartitionSpecs (axis-name tuples) from boxed variables."""
+  return nn.get_partition_spec(abstract_variables)
+
+
+def uncovered_axes(logical_spec_tree: Any, rules: LogicalRules) -> set[str]:
+  """Logical axis names used in `logical_spec_tree` that no rule names."""
+  known = {name for name, _ in rules}
+  used: set[str] = set()
+  for spec in jax.tree_util.tree_leaves(
+      logical_spec_tree, is_leaf=lambda x: isinstance(x, PartitionSpec)):
+    if isinstance(spec, PartitionSpec):
+      used.update(a for a in spec if isinstance(a, str))
+  return used - known
+
+
+def check_rules_cover(logical_spec_tree: Any, rules: LogicalRules) -> None:
+  missing = uncovered_axes(logical_spec_tree, rules)
+  if missing:
+    raise ValueError(f"No partitioning rule for logical axes {sorted(missing)}; "
+                     "add them to partitioning.standard_logical_axis_rules.")
+
+
+def mesh_shardings(logical_spec_tree: Any, mesh: Mesh,
+                   rules: LogicalRules) -> Any:
+  """Logical PartitionSpec tree -> NamedSharding tree on `mesh`."""
+  check_rules_cover(logical_spec_tree, rules)
+  return nn.logical_to_mesh_sharding(logical_spec_tree, mesh, list(rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Sharding for a `[B, ...]` batch array: batch over `data`."""
+  return NamedSharding(mesh, PartitionSpec("data", *([None] * (ndim - 1))))

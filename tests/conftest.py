@@ -1,0 +1,33 @@
+"""Test setup: 8 simulated CPU devices, set before jax is imported."""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  """`../shared/data`, or skip where this clone has none beside it."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"{SHARED_DATA} is absent (a user's clone); this test needs the "
+                "real GLUE/SuperGLUE files and the T5 vocab from shared/data.")
+  return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def t5_vocab_path(shared_data) -> pathlib.Path:
+  path = shared_data / "vocab" / "t5_spiece.model"
+  if not path.exists():
+    pytest.skip(f"{path} is absent.")
+  return path
