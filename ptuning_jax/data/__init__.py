@@ -1,0 +1,1 @@
+"""SeqIO tasks, vocabularies and data sources. Needs the `data` extra (TF)."""
