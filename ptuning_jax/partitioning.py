@@ -14,7 +14,8 @@ maps them to a `(data, model)` mesh:
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import contextlib
+from typing import Any, Iterator, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -124,3 +125,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def data_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Sharding for a `[B, ...]` batch array: batch over `data`."""
   return NamedSharding(mesh, PartitionSpec("data", *([None] * (ndim - 1))))
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
+  """Makes `mesh` and the logical `rules` current for tracing and running.
+
+  Logical constraints inside modules (`nn.with_logical_constraint`) resolve
+  against these. Use it around every call of a jitted step.
+  """
+  with mesh, nn.logical_axis_rules(list(rules)):
+    yield

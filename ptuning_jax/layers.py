@@ -1,0 +1,453 @@
+"""Primitives of the T5 family: RMS norm, projections, embeddings, relative
+position bias, multi-head attention and the feed-forward block.
+
+Why Flax Linen with logical partitioning:
+  * every parameter is created through `nn.with_logical_partitioning` and the
+    main activations pass `nn.with_logical_constraint` with `activation_*`
+    names, so the code never mentions a device mesh; `partitioning` maps the
+    names onto any `(data, model)` mesh (replicated, FSDP, tensor parallel)
+    without touching model code. This is the scheme t5x/flaxformer use, so
+    T5 layouts are well trodden.
+  * a Linen module is a pure function of explicit variable pytrees: the frozen
+    backbone is `model.apply({"params": frozen}, ..., hooks=hooks)` with
+    `hooks` built from the trainable pytree inside the caller's jit; no
+    stateful objects have to be split and merged around `jax.jit`/`grad`.
+  * Linen's "cache" collection gives key/value caching for autoregressive
+    decoding with no extra plumbing.
+
+Dimension letters:
+  B batch, T encoder length, S decoder length (Q queries, K keys in
+  attention), P prefix length, H d_model, N heads, D head dim (d_kv), F MLP
+  dim (d_ff), V vocabulary, R relative-position buckets.
+
+Dtype policy: parameters are stored in `param_dtype` and cast to `dtype` for
+compute; RMS-norm statistics, attention scores, the position bias and the
+softmax are float32; logits are float32.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+DType = Any
+
+# Masked attention scores. Finite, so a query whose keys are all masked
+# (e.g. a fully padded batch row) gets a uniform softmax instead of NaN.
+MASKED_SCORE = -1e10
+
+# Logical axis names of the main activations.
+BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
+BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
+BATCH_LENGTH_VOCAB = ("activation_batch", "activation_length", "activation_vocab")
+BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length",
+                         "activation_heads", "activation_kv")
+BATCH_KVLENGTH_HEADS_KV = ("activation_batch", "activation_kv_length",
+                           "activation_heads", "activation_kv")
+
+
+def constrain(x: Array, names: Sequence[str]) -> Array:
+  """`nn.with_logical_constraint`; a no-op without axis rules and a mesh."""
+  return nn.with_logical_constraint(x, tuple(names))
+
+
+def _normal(stddev: float):
+  return nn.initializers.normal(stddev=stddev)
+
+
+def gelu_new(x: Array) -> Array:
+  """Tanh-approximate GELU ("gelu_new" in HF), used by T5 1.1's gated MLP."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, float32 statistics.
+
+  Attributes:
+    epsilon: added to the mean square.
+    dtype: output dtype.
+    param_dtype: dtype of the `scale` [H] parameter.
+  """
+  epsilon: float = 1e-6
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: [..., H] -> [..., H] in `dtype`."""
+    scale = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = (x32 * lax.rsqrt(variance + self.epsilon)).astype(self.dtype)
+    return y * scale.astype(self.dtype)
+
+
+class DenseGeneral(nn.Module):
+  """Bias-free linear map from the trailing `num_in` axes to `features`.
+
+  The kernel has shape `x.shape[-num_in:] + features` and logical axes
+  `kernel_axes` (one name per kernel dimension).
+
+  Attributes:
+    features: output feature shape, e.g. `(N, D)` for a query projection.
+    kernel_axes: logical names of the kernel dimensions.
+    num_in: number of trailing input axes contracted.
+    stddev: standard deviation of the normal initializer.
+    dtype: compute dtype.
+    param_dtype: kernel storage dtype.
+    output_dtype: if set, accumulate and return in this dtype (float32 logits).
+  """
+  features: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  num_in: int = 1
+  stddev: float = 1.0
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+  output_dtype: Optional[DType] = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: [..., *in_shape] -> [..., *features]."""
+    in_shape = tuple(x.shape[-self.num_in:])
+    shape = in_shape + tuple(self.features)
+    if len(shape) != len(self.kernel_axes):
+      raise ValueError(f"{self.name}: kernel shape {shape} needs "
+                       f"{len(shape)} axis names, got {self.kernel_axes}.")
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(_normal(self.stddev), self.kernel_axes),
+        shape, self.param_dtype)
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    contract = (tuple(range(x.ndim - self.num_in, x.ndim)), tuple(range(self.num_in)))
+    return lax.dot_general(x, kernel, (contract, ((), ())),
+                           preferred_element_type=self.output_dtype)
+
+
+class Embed(nn.Module):
+  """Token embedding table `embedding` [V, H], axes ("vocab", "embed").
+
+  Attributes:
+    num_embeddings: V.
+    features: H.
+    dtype: compute dtype of looked-up vectors.
+    param_dtype: storage dtype of the table.
+  """
+  num_embeddings: int
+  features: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
+        (self.num_embeddings, self.features), self.param_dtype)
+
+  def __call__(self, tokens: Array) -> Array:
+    """tokens: [B, T] int ids -> [B, T, H] in `dtype`."""
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise TypeError(f"Token ids must be integers, got dtype {tokens.dtype}.")
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+  def attend(self, x: Array) -> Array:
+    """Tied output head. x: [B, S, H] -> logits [B, S, V] float32."""
+    return jnp.einsum("bsh,vh->bsv", x.astype(self.dtype),
+                      self.embedding.astype(self.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def relative_position_buckets(relative_position: np.ndarray, *,
+                              bidirectional: bool, num_buckets: int,
+                              max_distance: int) -> np.ndarray:
+  """Mesh-TF / HF T5 bucketing of `memory_position - query_position`.
+
+  Computed with numpy in float32, the same operations HF performs in torch,
+  so bucket boundaries agree exactly (checked against HF over a wide range)
+  and do not depend on an accelerator's `log`.
+
+  Args:
+    relative_position: int array of key position minus query position.
+    bidirectional: encoder (True) or causal decoder (False) bucketing.
+    num_buckets: R.
+    max_distance: distances >= this share the last bucket.
+  Returns:
+    int32 array, same shape, values in [0, R).
+  """
+  rel = np.asarray(relative_position, np.int64)
+  buckets = np.zeros_like(rel)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (rel > 0).astype(np.int64) * num_buckets
+    distance = np.abs(rel)
+  else:
+    distance = -np.minimum(rel, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  # max(.., max_exact) only avoids log(0) warnings where `is_small` wins.
+  safe = np.maximum(distance, max_exact).astype(np.float32)
+  scaled = (np.log(safe / np.float32(max_exact))
+            / np.float32(math.log(max_distance / max_exact))
+            * np.float32(num_buckets - max_exact))
+  large = np.minimum(max_exact + scaled.astype(np.int64), num_buckets - 1)
+  return (buckets + np.where(is_small, distance, large)).astype(np.int32)
+
+
+class RelativePositionBias(nn.Module):
+  """T5 relative position bias, one table `rel_embedding` [R, N] per stack.
+
+  Attributes:
+    num_buckets: R.
+    max_distance: bucketing max distance.
+    num_heads: N.
+    bidirectional: True for the encoder, False for the causal decoder.
+    param_dtype: table storage dtype.
+  """
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, q_len: int, k_len: int,
+               q_offset: Optional[Array] = None) -> Array:
+    """Bias for queries at `q_offset + [0, Q)` and keys at `[0, K)`.
+
+    Args:
+      q_len: Q.
+      k_len: K.
+      q_offset: None (queries start at 0, fully static) or a traced int
+        scalar (cached decoding).
+    Returns:
+      [1, N, Q, K] float32.
+    """
+    table = self.param(
+        "rel_embedding",
+        nn.with_logical_partitioning(_normal(1.0), ("relpos_buckets", "heads")),
+        (self.num_buckets, self.num_heads), self.param_dtype)
+    bucket_fn = functools.partial(
+        relative_position_buckets, bidirectional=self.bidirectional,
+        num_buckets=self.num_buckets, max_distance=self.max_distance)
+    if q_offset is None:
+      rel = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]  # [Q, K]
+      buckets = jnp.asarray(bucket_fn(rel))
+    else:
+      span = max(q_len, k_len)
+      lookup = jnp.asarray(bucket_fn(np.arange(-span, span + 1)))  # [2 span + 1]
+      rel = (jnp.arange(k_len)[None, :]
+             - (jnp.arange(q_len)[:, None] + q_offset))  # [Q, K]
+      buckets = lookup[jnp.clip(rel + span, 0, 2 * span)]
+    values = jnp.take(table.astype(jnp.float32), buckets, axis=0)  # [Q, K, N]
+    return jnp.transpose(values, (2, 0, 1))[None]  # [1, N, Q, K]
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 attention: no score scaling, additive bias, float32 softmax.
+
+  Parameters: `query`, `key`, `value` kernels [H, N, D] ("embed", "heads",
+  "kv"); `out` kernel [N, D, H] ("heads", "kv", "embed").
+
+  Cached decoding ("cache" collection), driven by `decode_mode`:
+    * "init": self-attention allocates zero `cached_key`/`cached_value`
+      [B, K, N, D] for the current (full) length; cross-attention stores the
+      projected `cross_key`/`cross_value` of `inputs_kv`. Outputs are those of
+      a normal forward pass.
+    * "step": self-attention writes this chunk's keys/values at
+      `cache_index` and attends over the whole cache (the caller's mask hides
+      unwritten slots); cross-attention reuses the stored keys/values.
+
+  Attributes:
+    num_heads: N.
+    head_dim: D.
+    dropout_rate: dropout on the attention probabilities.
+    is_cross: encoder-decoder attention (affects caching only).
+    dtype: compute dtype.
+    param_dtype: kernel storage dtype.
+    attention_impl: "xla" (einsum + softmax); hook for a fused kernel later.
+  """
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  is_cross: bool = False
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+  attention_impl: str = "xla"
+
+  def _proj(self, name: str, stddev: float) -> DenseGeneral:
+    return DenseGeneral(features=(self.num_heads, self.head_dim),
+                        kernel_axes=("embed", "heads", "kv"), stddev=stddev,
+                        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array],
+               mask: Optional[Array], kv_prefix: Optional[tuple[Array, Array]] = None,
+               k_scale: Optional[Array] = None, v_scale: Optional[Array] = None, *,
+               deterministic: bool = True, decode_mode: Optional[str] = None,
+               cache_index: Optional[Array] = None) -> Array:
+    """Attends from `inputs_q` to `inputs_kv` (plus an optional prefix).
+
+    Args:
+      inputs_q: [B, Q, H].
+      inputs_kv: [B, K, H] (ignored by cross-attention in "step" mode).
+      bias: [1 or B, N, Q, K] float32 additive bias, or None.
+      mask: [B or 1, 1 or N, Q or 1, K] bool, True = attend; None = all.
+      kv_prefix: (key, value), each [B or 1, P, N, D], prepended to the keys
+        and values; always attended, zero bias.
+      k_scale: [N * D] (IA)^3 rescaling of the projected keys.
+      v_scale: [N * D] rescaling of the projected values.
+      deterministic: disables dropout.
+      decode_mode: None, "init" or "step" (see the class docstring).
+      cache_index: int scalar, first cache slot of this chunk ("step").
+    Returns:
+      [B, Q, H] in `dtype`.
+    """
+    if self.attention_impl != "xla":
+      raise NotImplementedError(f"attention_impl={self.attention_impl!r}; only 'xla'.")
+    batch, q_len, embed = inputs_q.shape
+    n, d = self.num_heads, self.head_dim
+    query = self._proj("query", (embed * d) ** -0.5)(inputs_q)  # [B, Q, N, D]
+    query = constrain(query, BATCH_LENGTH_HEADS_KV)
+    if self.is_cross and decode_mode == "step":
+      if not self.has_variable("cache", "cross_key"):
+        raise ValueError("Cross-attention cache is missing: run a decode=True "
+                         "initialization call first.")
+      key = self.variable("cache", "cross_key").value
+      value = self.variable("cache", "cross_value").value
+    else:
+      key = self._proj("key", embed ** -0.5)(inputs_kv)  # [B, K, N, D]
+      value = self._proj("value", embed ** -0.5)(inputs_kv)
+      if k_scale is not None:
+        key = key * k_scale.reshape(n, d).astype(self.dtype)
+      if v_scale is not None:
+        value = value * v_scale.reshape(n, d).astype(self.dtype)
+      if self.is_cross and decode_mode == "init":
+        self.variable("cache", "cross_key", lambda: key)
+        self.variable("cache", "cross_value", lambda: value)
+      elif not self.is_cross and decode_mode is not None:
+        key, value = self._self_cache(key, value, decode_mode, cache_index)
+    if kv_prefix is not None:
+      key, value, bias, mask = _prepend_prefix(kv_prefix, key, value, bias,
+                                               mask, q_len, self.dtype)
+    key = constrain(key, BATCH_KVLENGTH_HEADS_KV)
+    value = constrain(value, BATCH_KVLENGTH_HEADS_KV)
+    out = self._attend(query, key, value, bias, mask, deterministic)
+    return DenseGeneral(features=(embed,), kernel_axes=("heads", "kv", "embed"),
+                        num_in=2, stddev=(n * d) ** -0.5, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="out")(out)
+
+  def _self_cache(self, key: Array, value: Array, decode_mode: str,
+                  cache_index: Optional[Array]) -> tuple[Array, Array]:
+    """Allocates ("init") or updates ("step") the self-attention cache."""
+    if decode_mode not in ("init", "step"):
+      raise ValueError(f"decode_mode must be None, 'init' or 'step'; got {decode_mode!r}.")
+    initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape,
+                                 value.dtype)
+    if decode_mode == "init":
+      return key, value
+    if not initialized or cache_index is None:
+      raise ValueError("Self-attention cache is missing: run a decode=True "
+                       "initialization call first.")
+    if key.shape[0] != cached_key.value.shape[0]:
+      raise ValueError(f"Batch size {key.shape[0]} differs from the cache's "
+                       f"{cached_key.value.shape[0]}.")
+    start = (0, cache_index, 0, 0)
+    cached_key.value = lax.dynamic_update_slice(
+        cached_key.value, key.astype(cached_key.value.dtype), start)
+    cached_value.value = lax.dynamic_update_slice(
+        cached_value.value, value.astype(cached_value.value.dtype), start)
+    return cached_key.value, cached_value.value  # [B, K_max, N, D]
+
+  def _attend(self, query: Array, key: Array, value: Array, bias: Optional[Array],
+              mask: Optional[Array], deterministic: bool) -> Array:
+    """Softmax attention. query [B, Q, N, D], key/value [B, K, N, D] -> [B, Q, N, D]."""
+    scores = jnp.einsum("bqnd,bknd->bnqk", query, key,
+                        preferred_element_type=jnp.float32)  # [B, N, Q, K]
+    if bias is not None:
+      scores = scores + bias.astype(jnp.float32)
+    if mask is not None:
+      scores = jnp.where(mask, scores, MASKED_SCORE)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(rate=self.dropout_rate)(probs, deterministic=deterministic)
+    out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(self.dtype), value)
+    return constrain(out, BATCH_LENGTH_HEADS_KV)
+
+
+def _prepend_prefix(kv_prefix: tuple[Array, Array], key: Array, value: Array,
+                    bias: Optional[Array], mask: Optional[Array], q_len: int,
+                    dtype: DType):
+  """Prepends prefix keys/values [B|1, P, N, D]; extends bias (zeros) and mask (ones)."""
+  prefix_key, prefix_value = kv_prefix
+  batch = key.shape[0]
+  shape = (batch,) + tuple(prefix_key.shape[1:])  # [B, P, N, D]
+  if prefix_key.shape[0] not in (1, batch) or shape[2:] != key.shape[2:]:
+    raise ValueError(f"kv prefix of shape {prefix_key.shape} does not fit keys "
+                     f"of shape {key.shape} (need [B or 1, P, N, D]).")
+  if prefix_value.shape != prefix_key.shape:
+    raise ValueError(f"kv prefix value shape {prefix_value.shape} differs from "
+                     f"its key shape {prefix_key.shape}.")
+  plen = shape[1]
+  key = jnp.concatenate([jnp.broadcast_to(prefix_key.astype(dtype), shape), key], 1)
+  value = jnp.concatenate(
+      [jnp.broadcast_to(prefix_value.astype(dtype), shape), value], 1)
+  if bias is not None:
+    zeros = jnp.zeros(bias.shape[:2] + (q_len, plen), bias.dtype)
+    bias = jnp.concatenate([zeros, jnp.broadcast_to(
+        bias, bias.shape[:2] + (q_len, bias.shape[3]))], -1)  # [., N, Q, P + K]
+  if mask is not None:
+    lead = mask.shape[:2] + (q_len,)
+    mask = jnp.concatenate(
+        [jnp.ones(lead + (plen,), bool),
+         jnp.broadcast_to(mask, lead + (mask.shape[3],))], -1)  # [., ., Q, P + K]
+  return key, value, bias, mask
+
+
+class MlpBlock(nn.Module):
+  """T5 feed-forward: `wi` + ReLU (original) or GELU(`wi_0`) * `wi_1` (T5 1.1).
+
+  Kernels: `wi`/`wi_0`/`wi_1` [H, F] ("embed", "mlp"); `wo` [F, H] ("mlp",
+  "embed").
+
+  Attributes:
+    d_ff: F.
+    feed_forward: "relu" or "gated-gelu".
+    dropout_rate: dropout on the hidden activation.
+    dtype: compute dtype.
+    param_dtype: kernel storage dtype.
+  """
+  d_ff: int
+  feed_forward: str = "gated-gelu"
+  dropout_rate: float = 0.0
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, scale: Optional[Array] = None, *,
+               deterministic: bool = True) -> Array:
+    """x: [B, T, H]; scale: [F] (IA)^3 rescaling of the hidden -> [B, T, H]."""
+    embed = x.shape[-1]
+    dense_in = functools.partial(
+        DenseGeneral, features=(self.d_ff,), kernel_axes=("embed", "mlp"),
+        stddev=embed ** -0.5, dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.feed_forward == "gated-gelu":
+      hidden = gelu_new(dense_in(name="wi_0")(x)) * dense_in(name="wi_1")(x)
+    elif self.feed_forward == "relu":
+      hidden = jax.nn.relu(dense_in(name="wi")(x))
+    else:
+      raise ValueError(f"Unknown feed_forward {self.feed_forward!r}.")
+    if scale is not None:
+      hidden = hidden * scale.astype(self.dtype)
+    hidden = constrain(hidden, BATCH_LENGTH_MLP)  # [B, T, F]
+    hidden = nn.Dropout(rate=self.dropout_rate)(hidden, deterministic=deterministic)
+    return DenseGeneral(features=(embed,), kernel_axes=("mlp", "embed"),
+                        stddev=self.d_ff ** -0.5, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="wo")(hidden)

@@ -1,0 +1,136 @@
+"""A frozen backbone plus a trainable prompt method: losses, scoring, decoding.
+
+Dimension letters: B batch, T encoder input length, S target length,
+V vocabulary, C candidates.
+
+`PromptModel` never holds parameters. Trainable parameters (the method's) and
+frozen parameters (the backbone's) are separate pytrees passed to every call;
+gradients are taken only with respect to the trainables, so no weight-gradient
+work, gradient buffers or optimizer state exist for the backbone.
+
+Batches use seqio's encoder-decoder feature names: `encoder_input_tokens`
+[B, T], `decoder_input_tokens` [B, S], `decoder_target_tokens` [B, S],
+`decoder_loss_weights` [B, S].
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ptuning_jax import decoding
+from ptuning_jax import hooks as hooks_lib
+from ptuning_jax import prompts
+
+Array = jax.Array
+Params = Any
+
+
+def cross_entropy(logits: Array, targets: Array, weights: Array,
+                  z_loss: float = 0.0, label_smoothing: float = 0.0):
+  """Token cross-entropy in float32.
+
+  Args:
+    logits: [B, S, V].
+    targets: [B, S] ids.
+    weights: [B, S] loss weights.
+  Returns:
+    (sum of weighted losses, sum of weights, number of correct weighted tokens).
+  """
+  logits = logits.astype(jnp.float32)
+  vocab = logits.shape[-1]
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, S]
+  log_probs = logits - log_z[..., None]
+  onehot = jax.nn.one_hot(targets, vocab, dtype=jnp.float32)
+  if label_smoothing:
+    onehot = onehot * (1 - label_smoothing) + label_smoothing / vocab
+  loss = -jnp.sum(onehot * log_probs, axis=-1)  # [B, S]
+  if z_loss:
+    loss = loss + z_loss * jnp.square(log_z)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return jnp.sum(loss * weights), jnp.sum(weights), jnp.sum(correct * weights)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PromptModel:
+  """Wraps `backbone` (a `t5.T5`) and `method` (a module returning `Hooks`).
+
+  Attributes:
+    backbone: the frozen network.
+    method: a Flax module `method(batch_size, context, deterministic) -> Hooks`
+      holding all trainable parameters (e.g. `prompts.SoftPrompt`).
+    z_loss: auxiliary log-partition loss (T5X's z-loss), default off.
+    label_smoothing: default off.
+  """
+  backbone: nn.Module
+  method: nn.Module
+  z_loss: float = 0.0
+  label_smoothing: float = 0.0
+
+  # ---- parameters ----
+
+  def init_trainables(self, rng: Array, context: prompts.InitContext) -> Params:
+    """Boxed (logically partitioned) trainable params of the method."""
+    return self.method.init(rng, 1, context)["params"]
+
+  def abstract_trainables(self, context: prompts.InitContext) -> Params:
+    return jax.eval_shape(lambda r: self.init_trainables(r, context),
+                          jax.random.key(0))
+
+  def hooks(self, trainables: Params, batch_size: int,
+            rng: Optional[Array] = None, deterministic: bool = True) -> hooks_lib.Hooks:
+    rngs = {"dropout": rng} if rng is not None else {}
+    return self.method.apply({"params": trainables}, batch_size,
+                             deterministic=deterministic, rngs=rngs)
+
+  # ---- training ----
+
+  def loss_fn(self, trainables: Params, frozen: Params, batch: Mapping[str, Array],
+              rng: Optional[Array] = None, deterministic: bool = True):
+    """Mean token cross-entropy and metrics; differentiable in `trainables`."""
+    method_rng = backbone_rng = None
+    if rng is not None:
+      method_rng, backbone_rng = jax.random.split(rng)
+    tokens = batch["encoder_input_tokens"]
+    hk = self.hooks(trainables, tokens.shape[0], method_rng, deterministic)
+    rngs = {"dropout": backbone_rng} if backbone_rng is not None else {}
+    logits = self.backbone.apply(
+        {"params": frozen}, tokens, batch["decoder_input_tokens"], hooks=hk,
+        deterministic=deterministic, rngs=rngs)  # [B, S, V]
+    total, weight, correct = cross_entropy(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+        self.z_loss, self.label_smoothing)
+    denom = jnp.maximum(weight, 1.0)
+    loss = total / denom
+    return loss, {"loss": loss, "token_accuracy": correct / denom,
+                  "target_tokens": weight}
+
+  # ---- inference ----
+
+  def predict_batch(self, trainables: Params, frozen: Params,
+                    encoder_input_tokens: Array, max_decode_length: int,
+                    eos_id: int = 1) -> Array:
+    """Greedy decodes [B, S] with the method's hooks."""
+    hk = self.hooks(trainables, encoder_input_tokens.shape[0])
+    return decoding.greedy_decode(
+        self.backbone, frozen, encoder_input_tokens,
+        max_decode_length=max_decode_length, hooks=hk, eos_id=eos_id)
+
+  def score_batch(self, trainables: Params, frozen: Params,
+                  batch: Mapping[str, Array]) -> Array:
+    """Log-likelihood [B] of each example's target."""
+    tokens = batch["encoder_input_tokens"]
+    hk = self.hooks(trainables, tokens.shape[0])
+    return decoding.sequence_log_likelihood(
+        self.backbone, frozen, tokens, batch["decoder_input_tokens"],
+        batch["decoder_target_tokens"], batch["decoder_loss_weights"], hooks=hk)
+
+  def rank_classify(self, trainables: Params, frozen: Params,
+                    encoder_input_tokens: Array, candidate_targets: Array) -> Array:
+    """Scores [B, C]: log-likelihood of each candidate target [C, S]."""
+    hk = self.hooks(trainables, encoder_input_tokens.shape[0])
+    return decoding.rank_classify(self.backbone, frozen, encoder_input_tokens,
+                                  candidate_targets, hooks=hk)
