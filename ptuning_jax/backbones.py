@@ -76,7 +76,7 @@ def frozen_shardings(module: t5.T5, mesh, rules) -> Any:
   dummy = jnp.ones((1, 1), jnp.int32)
   abstract = jax.eval_shape(
       lambda: module.init(jax.random.key(0), dummy, dummy)["params"])
-  return partitioning.mesh_shardings(nn.get_partition_spec(abstract), mesh, rules)
+  return partitioning.param_shardings(abstract, mesh, rules)
 
 
 def load(spec: BackboneSpec, mesh, rules) -> Backbone:

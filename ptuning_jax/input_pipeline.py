@@ -200,7 +200,11 @@ def _host_slice(batch_size: int, process_index: int,
 
 def epoch_order(num_examples: int, seed: int, epoch: int,
                 shuffle: bool = True) -> np.ndarray:
-  """[N] example order of one epoch: `default_rng([seed, epoch])` permutation."""
+  """[N] example order of one epoch.
+
+  `np.random.default_rng([seed, epoch]).permutation(N)`, or `arange(N)`
+  without shuffling.
+  """
   if not shuffle:
     return np.arange(num_examples)
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
@@ -458,7 +462,8 @@ def _check_compatible(datasets: Mapping[str, ArrayDataset],
                       names: Sequence[str]):
   """All datasets must batch together: same keys, trailing shapes, dtypes."""
   ref_name = names[0]
-  ref = {k: (v.shape[1:], v.dtype) for k, v in datasets[ref_name].arrays.items()}
+  ref = {k: (v.shape[1:], v.dtype)
+         for k, v in datasets[ref_name].arrays.items()}
   for name in names[1:]:
     got = {k: (v.shape[1:], v.dtype) for k, v in datasets[name].arrays.items()}
     if got != ref:

@@ -28,6 +28,9 @@ from ptuning_jax import prompts
 Array = jax.Array
 Params = Any
 
+# Flax collection in which methods `sow` auxiliary loss terms.
+AUX_LOSSES = "losses"
+
 
 def cross_entropy(logits: Array, targets: Array, weights: Array,
                   z_loss: float = 0.0, label_smoothing: float = 0.0):
@@ -60,8 +63,11 @@ class PromptModel:
 
   Attributes:
     backbone: the frozen network.
-    method: a Flax module `method(batch_size, context, deterministic) -> Hooks`
-      holding all trainable parameters (e.g. `prompts.SoftPrompt`).
+    method: a Flax module `method(batch_size, context, deterministic, batch)
+      -> Hooks` holding all trainable parameters (e.g. `prompts.SoftPrompt`;
+      see `ptuning_jax.methods` for the interface). A method may add
+      auxiliary loss terms with `self.sow("losses", name, scalar)`; they are
+      added to the training objective (and reported as `aux_loss`).
     z_loss: auxiliary log-partition loss (T5X's z-loss), default off.
     label_smoothing: default off.
   """
@@ -80,22 +86,38 @@ class PromptModel:
     return jax.eval_shape(lambda r: self.init_trainables(r, context),
                           jax.random.key(0))
 
-  def hooks(self, trainables: Params, batch_size: int,
-            rng: Optional[Array] = None, deterministic: bool = True) -> hooks_lib.Hooks:
+  def hooks_and_losses(self, trainables: Params, batch_size: int,
+                       rng: Optional[Array] = None, deterministic: bool = True,
+                       batch: Optional[Mapping[str, Array]] = None
+                       ) -> tuple[hooks_lib.Hooks, Optional[Array]]:
+    """The method's hooks and the sum of its sown auxiliary losses (or None)."""
     rngs = {"dropout": rng} if rng is not None else {}
-    return self.method.apply({"params": trainables}, batch_size,
-                             deterministic=deterministic, rngs=rngs)
+    hk, state = self.method.apply({"params": trainables}, batch_size,
+                                  deterministic=deterministic, batch=batch,
+                                  rngs=rngs, mutable=[AUX_LOSSES])
+    losses = jax.tree_util.tree_leaves(state.get(AUX_LOSSES, {}))
+    aux = sum(jnp.sum(x, dtype=jnp.float32) for x in losses) if losses else None
+    return hk, aux
+
+  def hooks(self, trainables: Params, batch_size: int,
+            rng: Optional[Array] = None, deterministic: bool = True,
+            batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
+    return self.hooks_and_losses(trainables, batch_size, rng, deterministic,
+                                 batch)[0]
 
   # ---- training ----
 
   def loss_fn(self, trainables: Params, frozen: Params, batch: Mapping[str, Array],
               rng: Optional[Array] = None, deterministic: bool = True):
-    """Mean token cross-entropy and metrics; differentiable in `trainables`."""
+    """Mean token cross-entropy plus the method's auxiliary losses, and
+    metrics (`loss` is the cross-entropy alone); differentiable in
+    `trainables`. The whole batch reaches the method (e.g. `task_index`)."""
     method_rng = backbone_rng = None
     if rng is not None:
       method_rng, backbone_rng = jax.random.split(rng)
     tokens = batch["encoder_input_tokens"]
-    hk = self.hooks(trainables, tokens.shape[0], method_rng, deterministic)
+    hk, aux_loss = self.hooks_and_losses(trainables, tokens.shape[0], method_rng,
+                                         deterministic, batch)
     rngs = {"dropout": backbone_rng} if backbone_rng is not None else {}
     logits = self.backbone.apply(
         {"params": frozen}, tokens, batch["decoder_input_tokens"], hooks=hk,
@@ -105,8 +127,12 @@ class PromptModel:
         self.z_loss, self.label_smoothing)
     denom = jnp.maximum(weight, 1.0)
     loss = total / denom
-    return loss, {"loss": loss, "token_accuracy": correct / denom,
-                  "target_tokens": weight}
+    metrics = {"loss": loss, "token_accuracy": correct / denom,
+               "target_tokens": weight}
+    if aux_loss is not None:
+      metrics["aux_loss"] = aux_loss
+      return loss + aux_loss, metrics
+    return loss, metrics
 
   # ---- inference ----
 
@@ -123,7 +149,7 @@ class PromptModel:
                   batch: Mapping[str, Array]) -> Array:
     """Log-likelihood [B] of each example's target."""
     tokens = batch["encoder_input_tokens"]
-    hk = self.hooks(trainables, tokens.shape[0])
+    hk = self.hooks(trainables, tokens.shape[0], batch=batch)
     return decoding.sequence_log_likelihood(
         self.backbone, frozen, tokens, batch["decoder_input_tokens"],
         batch["decoder_target_tokens"], batch["decoder_loss_weights"], hooks=hk)

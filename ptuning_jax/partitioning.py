@@ -15,12 +15,15 @@ maps them to a `(data, model)` mesh:
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Iterator, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
 
 LogicalRules = Sequence[tuple[str, Optional[str | tuple[str, ...]]]]
 
@@ -116,6 +119,47 @@ def mesh_shardings(logical_spec_tree: Any, mesh: Mesh,
   """Logical PartitionSpec tree -> NamedSharding tree on `mesh`."""
   check_rules_cover(logical_spec_tree, rules)
   return nn.logical_to_mesh_sharding(logical_spec_tree, mesh, list(rules))
+
+
+def _divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh,
+                    name: str, dropped: list) -> PartitionSpec:
+  """Drops mesh axes that do not divide their dimension (replicates it)."""
+  out = []
+  for dim, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    if names and shape[dim] % size:
+      dropped.append(f"{name}[{dim}]={shape[dim]} over {names}")
+      out.append(None)
+    else:
+      out.append(axes)
+  return PartitionSpec(*out)
+
+
+def param_shardings(abstract_variables: Any, mesh: Mesh, rules: LogicalRules) -> Any:
+  """NamedShardings for boxed (logically partitioned) abstract variables.
+
+  Like `mesh_shardings`, but a dimension whose size the mapped mesh axes do
+  not divide (e.g. 3 heads over a model axis of 4) is replicated, with a
+  warning, instead of failing at placement time.
+  """
+  specs = nn.get_partition_spec(abstract_variables)
+  check_rules_cover(specs, rules)
+  mesh_specs = nn.logical_to_mesh(specs, list(rules))
+  shapes = nn.meta.unbox(abstract_variables)
+  flat_specs, treedef = jax.tree_util.tree_flatten(
+      mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  flat_shapes = treedef.flatten_up_to(shapes)
+  paths = [jax.tree_util.keystr(p) for p, _ in
+           jax.tree_util.tree_flatten_with_path(
+               mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]]
+  dropped: list[str] = []
+  out = [NamedSharding(mesh, _divisible_spec(sp, x.shape, mesh, path, dropped))
+         for sp, x, path in zip(flat_specs, flat_shapes, paths)]
+  if dropped:
+    log.warning("%d parameter dims are not divisible by their mesh axes and are "
+                "replicated instead, e.g. %s", len(dropped), "; ".join(dropped[:3]))
+  return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

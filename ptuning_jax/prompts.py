@@ -15,7 +15,7 @@ vocabulary, which the vocabulary-based initialisers need.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -212,17 +212,25 @@ def get_placement(name: str):
 
 
 def prompt_param(module: nn.Module, name: str, init: Initializer,
-                 shape: tuple[int, int], context: InitContext) -> Array:
-  """A replicated `[P, H]` prompt parameter of `module`.
+                 shape: tuple[int, ...], context: InitContext,
+                 axes: tuple[Optional[str], ...] = ("prompt", "prompt_embed")
+                 ) -> Array:
+  """A replicated prompt-method parameter of `module` (default `[P, H]`).
 
   When the parameter exists (apply), it is returned as is: Flax would
   otherwise trace the initialiser abstractly to re-box it, and the
   vocabulary-based initialisers need a context that apply does not have.
+  Every method parameter whose initialiser reads `context` must be created
+  through this helper. `axes` are its logical axis names (one per dimension;
+  prompt-method axes are always replicated, see `partitioning.PROMPT_AXES`).
   """
+  if len(axes) != len(shape):
+    raise ValueError(f"prompt_param {name!r}: {len(axes)} axis names {axes} for "
+                     f"a parameter of shape {shape}.")
   if not module.is_initializing() and module.has_variable("params", name):
     return nn.meta.unbox(module.get_variable("params", name))
   boxed = nn.with_logical_partitioning(
-      lambda rng, shape: init(rng, shape, context), ("prompt", "prompt_embed"))
+      lambda rng, shape: init(rng, shape, context), tuple(axes))
   return module.param(name, boxed, shape)
 
 
@@ -248,8 +256,11 @@ class SoftPrompt(nn.Module):
 
   @nn.compact
   def __call__(self, batch_size: int, context: InitContext = InitContext(),
-               deterministic: bool = True) -> hooks_lib.Hooks:
-    del deterministic
+               deterministic: bool = True,
+               batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
+    """Hooks for a batch of `batch_size` examples (the method interface, see
+    `ptuning_jax.methods`); `deterministic` and `batch` are unused here."""
+    del deterministic, batch
     embed_dim = self.backbone_config.d_model
     prompt = prompt_param(self, "prompt", self.initializer,
                           (self.length, embed_dim), context)  # [P, H]

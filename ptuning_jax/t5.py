@@ -229,7 +229,10 @@ def presets_table() -> str:
                  f"{c.num_encoder_layers}/{c.num_decoder_layers}", c.vocab_size,
                  f"{num_params(c):,}"))
   widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-  return "\n".join("  ".join(str(v).rjust(w) for v, w in zip(r, widths)) for r in rows)
+  return "\n".join(
+      "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                for i, (v, w) in enumerate(zip(r, widths)))
+      for r in rows)
 
 
 # ------------------------------- hook plumbing -------------------------------

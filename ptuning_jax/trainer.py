@@ -128,7 +128,9 @@ class Trainer:
     self.model, self.tx, self.mesh, self.rules = model, tx, mesh, rules
     self.frozen_shardings = frozen_shardings
     self.replicated = partitioning.replicated(mesh)
-    batch_sh = partitioning.data_sharding(mesh)
+    # PartitionSpec("data"): leading (batch) axis over `data`, any rank, so
+    # per-example features such as `task_index` [B] travel with the batch.
+    batch_sh = partitioning.data_sharding(mesh, ndim=1)
     self.batch_sharding = batch_sh
     step = functools.partial(train_step, model=model, tx=tx,
                              num_microbatches=num_microbatches,

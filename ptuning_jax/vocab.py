@@ -47,8 +47,10 @@ class SentencePieceVocab:
 
   def __init__(self, path: str | os.PathLike, extra_ids: int = 100):
     # Imported here: only this class needs the protobuf module.
-    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+    # pylint: enable=g-import-not-at-top
 
     self.path = os.fspath(path)
     if extra_ids < 0:

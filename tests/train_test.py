@@ -48,7 +48,7 @@ def _common(backbone_dir):
   return dict(backbone=backbones.BackboneSpec(checkpoint_dir=backbone_dir),
               method=functools.partial(prompts.SoftPrompt, length=P,
                                        initializer=prompts.sampled_vocab(200)),
-              data=_data(), mesh=train_lib.MeshConfig(data=2, model=1))
+              data=_data(), mesh=train_lib.MeshConfig(data=2, model=4))
 
 
 EVAL = evaluation.EvalConfig(mode="rank", batch_size=8)

@@ -77,9 +77,12 @@ def test_optimizer_state_covers_only_trainables():
   config, bb, trainer, state = _setup()
   trainable = optimizers.num_params(state.params)
   assert trainable == P * config.d_model
-  # Every optimizer-state array is a trainable-shaped moment or a scalar.
-  shapes = {tuple(x.shape) for x in jax.tree_util.tree_leaves(state.opt_state)}
-  assert shapes <= {(P, config.d_model), ()}, shapes
+  # Every optimizer-state array is a trainable-shaped moment, a count or one of
+  # optax's 1-element placeholders for unfactored moments: nothing backbone-sized.
+  leaves = jax.tree_util.tree_leaves(state.opt_state)
+  big = {tuple(x.shape) for x in leaves if x.size > 1}
+  assert big == {(P, config.d_model)}, big
+  assert sum(x.size for x in leaves) < 2 * trainable + 16
   assert optimizers.optimizer_state_bytes(state.opt_state) < 4 * 4 * trainable + 64
 
 

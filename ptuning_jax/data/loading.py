@@ -12,7 +12,10 @@ does with `task.predict_metric_fns`: targets are the `targets_pretokenized`
 text (or the decoded `targets` tokens) passed through
 `task.postprocess_fn(target, example=ex, is_target=True)`; predictions are
 decoded with the task's `targets` vocabulary and passed through
-`task.postprocess_fn(pred, example=ex, is_target=False)`.
+`task.postprocess_fn(pred, example=ex, is_target=False)`. Only
+`predict_metric_fns` run: `score_metric_fns` (per-example target
+log-likelihoods), `predict_with_aux_metric_fns` and clu `metric_objs` given
+to a Task directly are not supported here.
 
 Dimension letters: N examples, T input length, S target length, C candidate
 answers (rank classification).

@@ -28,15 +28,21 @@ from a seeded shuffle of the train split (what the benchmark describes);
 with the last slot open to any class, over `Dataset.shuffle(seed)` =
 `np.random.default_rng(seed).permutation(n)`.
 
-Positions are 0-based indices into a raw split in canonical order. Dimension
-letters: N raw examples in a split, K selected examples.
+Positions are 0-based indices into a raw split in canonical order.
+`ProtocolSource` is the seqio `DataSource` that reads a raw dataset
+(`ptuning_jax.data.sources`) through a protocol. Dimension letters: N raw
+examples in a split, K selected examples.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
+import seqio
+import tensorflow as tf
+
+from ptuning_jax.data import sources
 
 SMALL = "small"
 LARGE = "large"
@@ -94,7 +100,8 @@ class Protocol:
 
   Attributes:
     kind: `SMALL`, `LARGE` or `OFFICIAL`.
-    raw_splits: for `OFFICIAL`, task split -> raw split; for `SMALL`, needs
+    raw_splits: for `OFFICIAL`, task split -> raw split (any names, e.g.
+      Lester's MNLI `validation_matched`); for `SMALL`, needs
       "train" and "validation" (the split cut in half); for `LARGE`, "train"
       and "test" (the raw split used as test).
     train_cap: keep only the first `train_cap` train examples (Yelp: 100k).
@@ -119,8 +126,9 @@ class Protocol:
 
   @property
   def task_splits(self) -> tuple[str, ...]:
+    """train/validation/test; `OFFICIAL` protocols name their own splits."""
     if self.kind == OFFICIAL:
-      return tuple(s for s in TASK_SPLITS if s in self.raw_splits)
+      return tuple(self.raw_splits)
     return TASK_SPLITS
 
   def raw_split_of(self, split: str) -> str:
@@ -136,7 +144,7 @@ class Protocol:
     """The raw split and positions of task split `split`.
 
     Args:
-      split: "train", "validation" or "test".
+      split: one of `task_splits`.
       raw_size: number of examples of `self.raw_split_of(split)`.
 
     Returns:
@@ -225,3 +233,120 @@ def _dept_k_shot(labels, order, k, classes) -> np.ndarray:
       counts[c] += 1
       picked.append(int(i))
   return np.asarray(picked, dtype=np.int64)
+
+
+# ------------------------------------------------------------ seqio source
+
+
+@dataclasses.dataclass(frozen=True)
+class FewShot:
+  """A k-shot train split: see `k_shot_positions`.
+
+  Attributes:
+    k: shots (per class for `per_class`, in total for `dept`).
+    seed: the draw's seed.
+    mode: `per_class` or `dept`.
+    label_fn: raw label -> class (e.g. STS-B score -> 0/1), or None.
+  """
+  k: int
+  seed: int
+  mode: str = "per_class"
+  label_fn: Optional[Callable[[Any], Any]] = None
+
+  def __post_init__(self):
+    if self.mode not in FEW_SHOT_MODES:
+      raise ValueError(f"FewShot.mode={self.mode!r} is not one of "
+                       f"{FEW_SHOT_MODES}.")
+
+
+class ProtocolSource(seqio.DataSource):
+  """A raw dataset read through a split protocol (and optional k-shot).
+
+  The backend (TFDS or local files) is resolved at every `get_dataset` from
+  `sources.current_config()`. File-level shuffling is never applied (the
+  protocol needs the canonical order); seqio's Task shuffles examples.
+  """
+
+  def __init__(self, raw_name: str, protocol: Protocol,
+               few_shot: Optional[FewShot] = None, task_name: str = ""):
+    self._raw = sources.raw_dataset(raw_name)
+    for split in protocol.task_splits:
+      raw_split = protocol.raw_split_of(split)
+      if raw_split not in self._raw.local:
+        raise ValueError(f"task {task_name!r}: protocol split {split!r} reads "
+                         f"{raw_split!r}, which {raw_name} lacks.")
+    self._protocol = protocol
+    self._few_shot = few_shot
+    self._task_name = task_name
+    super().__init__(splits=protocol.task_splits, caching_permitted=True)
+
+  @property
+  def raw(self) -> sources.RawDataset:
+    return self._raw
+
+  @property
+  def protocol(self) -> Protocol:
+    return self._protocol
+
+  @property
+  def few_shot(self) -> Optional[FewShot]:
+    return self._few_shot
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
+
+  def __repr__(self):
+    return (f"ProtocolSource({self._raw.name}, {self._protocol.kind}, "
+            f"few_shot={self._few_shot})")
+
+  def selection(self, split: str,
+                cfg: Optional[sources.SourceConfig] = None) -> Selection:
+    """Which raw examples (canonical positions) make task split `split`."""
+    if split not in self.splits:
+      raise ValueError(f"task {self._task_name!r} has no split {split!r}; it "
+                       f"has {list(self.splits)}.")
+    raw_split = self._protocol.raw_split_of(split)
+    index = sources.raw_index(self._raw, raw_split, cfg, self._task_name)
+    sel = self._protocol.selection(split, index.size)
+    if split != "train" or self._few_shot is None:
+      return sel
+    fs = self._few_shot
+    labels = sources.raw_index(self._raw, raw_split, cfg, self._task_name,
+                               want_labels=True).labels
+    train = (np.arange(index.size) if sel.positions is None
+             else sel.positions)
+    train_labels = [fs.label_fn(x) if fs.label_fn else x.item()
+                    for x in labels[train]]
+    picked = k_shot_positions(train_labels, fs.k, fs.seed, fs.mode)
+    return Selection(raw_split, train[picked])
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True,
+                  seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *,
+                  sequence_length: Optional[Mapping[str, int]] = None,
+                  use_cached: bool = False,
+                  num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+    del shuffle, seed, sequence_length, use_cached, num_epochs
+    cfg = sources.current_config()
+    sel = self.selection(split, cfg)
+    ds = sources.read_raw(self._raw, sel.raw_split, cfg, self._task_name)
+    if sel.positions is not None:
+      index = sources.raw_index(self._raw, sel.raw_split, cfg, self._task_name)
+      mask = np.zeros(index.size, dtype=bool)
+      mask[sel.positions] = True
+      if index.canon_of_stream is not None:
+        mask = mask[index.canon_of_stream]
+      ds = sources.select(ds, mask)
+    if shard_info and shard_info.num_shards > 1:
+      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    return ds
+
+  def num_input_examples(self, split: str) -> Optional[int]:
+    cfg = sources.current_config()
+    sel = self.selection(split, cfg)
+    index = sources.raw_index(self._raw, sel.raw_split, cfg, self._task_name)
+    return sel.size(index.size)

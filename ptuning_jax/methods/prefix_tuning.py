@@ -1,0 +1,190 @@
+"""P-Tuning v2 / prefix tuning: trainable key/value prefixes in every layer.
+
+Li & Liang (2021) and Liu et al. (P-Tuning v2, 2022) prepend `P` learned key
+and value vectors to the keys and values of every attention layer
+("deep prompts"); the frozen model attends to them like extra tokens.
+Here the prefixes go to any of the attention sites of `hooks.KV_SITES`:
+"encoder" (self-attention, the default), "decoder_self", "decoder_cross".
+
+Dimension letters: B batch, P prefix length, H d_model, L layers of the
+site's stack, N heads, D head dim, M reparameterisation hidden size.
+
+Parameters, per site (a submodule named after the site):
+  direct (default):           key, value          [L, P, N, D]
+  reparameterised (M > 0):    embedding           [P, H]
+                              hidden/{kernel [H, M], bias [M]}
+                              out/{kernel [M, 2 L N D], bias [2 L N D]}
+  with  kv = tanh(embedding @ W_h + b_h) @ W_o + b_o  ([P, 2 L N D], viewed
+  as [P, L, 2, N, D]: entry 2 l is layer l's key, 2 l + 1 its value, the
+  layout of P-Tuning v2's `PrefixEncoder` and PEFT's `PrefixTuningConfig`).
+
+Trainable parameters per site: 2 L P N D directly; P H + H M + M
++ M 2 L N D + 2 L N D with the MLP. `fold` computes the prefixes once and
+returns a direct-parameter method with identical outputs, so inference
+carries only 2 L P N D numbers per site.
+
+Prefix dropout (P-Tuning v2 applies dropout to its `past_key_values`):
+`dropout_rate` drops prefix entries independently per example.
+
+Relative position bias: our hook gives prefix positions zero bias. PEFT /
+transformers feed the prefix as a past key/value cache, which T5 treats as
+real earlier positions (see `tests/methods/peft_parity_test.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ptuning_jax import hooks as hooks_lib
+from ptuning_jax import prompts
+from ptuning_jax.methods import common
+
+Array = jax.Array
+Params = Any
+
+KV_AXES = ("prompt_layers", "prompt", None, "prompt_kv")  # [L, P, N, D]
+
+
+def site_layers(config: Any, site: str) -> int:
+  """L of the stack a kv site belongs to."""
+  return config.num_encoder_layers if site == "encoder" else config.num_decoder_layers
+
+
+class _SitePrefix(nn.Module):
+  """The prefixes of one attention site."""
+  num_layers: int
+  length: int
+  num_heads: int
+  head_dim: int
+  embed_dim: int
+  projection_hidden: int
+  initializer: prompts.Initializer
+
+  @nn.compact
+  def __call__(self, context: prompts.InitContext) -> tuple[Array, Array]:
+    """Returns (key, value), each [L, P, N, D] float32."""
+    shape = (self.num_layers, self.length, self.num_heads, self.head_dim)
+    if not self.projection_hidden:
+      key = prompts.prompt_param(self, "key", self.initializer, shape, context, KV_AXES)
+      value = prompts.prompt_param(self, "value", self.initializer, shape, context,
+                                   KV_AXES)
+      return key.astype(jnp.float32), value.astype(jnp.float32)
+    emb = prompts.prompt_param(self, "embedding", self.initializer,
+                               (self.length, self.embed_dim), context)  # [P, H]
+    h = jnp.tanh(common.Dense(self.projection_hidden, name="hidden")(emb))  # [P, M]
+    flat = common.Dense(2 * self.num_layers * self.num_heads * self.head_dim,
+                        kernel_axes=("prompt_mlp", "prompt_kv"), name="out")(h)
+    return split_flat_prefix(flat, self.num_layers, self.num_heads, self.head_dim)
+
+
+def split_flat_prefix(flat: Array, num_layers: int, num_heads: int,
+                      head_dim: int) -> tuple[Array, Array]:
+  """[P, 2 L N D] (P-Tuning v2 / PEFT layout) -> (key, value) [L, P, N, D]."""
+  length = flat.shape[0]
+  kv = flat.reshape(length, num_layers, 2, num_heads, head_dim)  # [P, L, 2, N, D]
+  kv = jnp.transpose(kv, (2, 1, 0, 3, 4))  # [2, L, P, N, D]
+  return kv[0], kv[1]
+
+
+class PrefixTuning(nn.Module):
+  """Deep key/value prefixes (P-Tuning v2 / prefix tuning).
+
+  Attributes:
+    backbone_config: the backbone's config (d_model, num_heads, d_kv, layers).
+    length: P, prefix length per layer.
+    sites: attention sites that get prefixes (subset of `hooks.KV_SITES`).
+    projection_hidden: M > 0 reparameterises the prefixes with an MLP
+      (Li & Liang; P-Tuning v2 `prefix_projection`, hidden 512); 0 (default,
+      as in P-Tuning v2) trains the prefixes directly.
+    dropout_rate: prefix dropout during training.
+    initializer: of the direct prefixes or of the MLP's input embedding;
+      default N(0, 1) (`torch.nn.Embedding`, as in P-Tuning v2 and PEFT).
+  """
+  backbone_config: Any
+  length: int = 20
+  sites: Sequence[str] = ("encoder",)
+  projection_hidden: int = 0
+  dropout_rate: float = 0.0
+  initializer: prompts.Initializer = dataclasses.field(
+      default_factory=lambda: prompts.normal(1.0))
+
+  def _check(self) -> None:
+    common.check_positive("PrefixTuning", length=self.length)
+    sites = tuple(self.sites)
+    if not sites or len(set(sites)) != len(sites):
+      raise ValueError(f"PrefixTuning.sites={sites!r} must be non-empty and unique.")
+    for site in sites:
+      common.check_choice("PrefixTuning", "sites", site, hooks_lib.KV_SITES)
+    if self.projection_hidden < 0:
+      raise ValueError(f"PrefixTuning.projection_hidden={self.projection_hidden} "
+                       "must be >= 0.")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"PrefixTuning.dropout_rate={self.dropout_rate} not in [0, 1).")
+
+  @nn.compact
+  def __call__(self, batch_size: int,
+               context: prompts.InitContext = prompts.InitContext(),
+               deterministic: bool = True,
+               batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
+    del batch
+    self._check()
+    cfg = self.backbone_config
+    dropout = nn.Dropout(rate=self.dropout_rate)
+    kv_prefixes = {}
+    for site in self.sites:
+      key, value = _SitePrefix(
+          num_layers=site_layers(cfg, site), length=self.length,
+          num_heads=cfg.num_heads, head_dim=cfg.d_kv, embed_dim=cfg.d_model,
+          projection_hidden=self.projection_hidden, initializer=self.initializer,
+          name=site)(context)
+      key = jnp.broadcast_to(key[:, None], (key.shape[0], batch_size) + key.shape[1:])
+      value = jnp.broadcast_to(value[:, None], key.shape)  # [L, B, P, N, D]
+      if self.dropout_rate:
+        key = dropout(key, deterministic=deterministic)
+        value = dropout(value, deterministic=deterministic)
+      kv_prefixes[site] = hooks_lib.KVPrefix(key=key, value=value)
+    return hooks_lib.Hooks(kv_prefixes=kv_prefixes)
+
+
+def fold(method: PrefixTuning, params: Params) -> tuple[PrefixTuning, Params]:
+  """Replaces the MLP reparameterisation by the prefixes it computes.
+
+  Args:
+    method: a `PrefixTuning`.
+    params: its (unboxed) trainable parameters.
+  Returns:
+    (the same method with `projection_hidden=0`, {site: {key, value}}), which
+    gives identical hooks; unchanged when there is no reparameterisation.
+  """
+  if not method.projection_hidden:
+    return method, params
+  params = nn.meta.unbox(params)
+  folded = {}
+  for site in method.sites:
+    module = _SitePrefix(
+        num_layers=site_layers(method.backbone_config, site), length=method.length,
+        num_heads=method.backbone_config.num_heads,
+        head_dim=method.backbone_config.d_kv,
+        embed_dim=method.backbone_config.d_model,
+        projection_hidden=method.projection_hidden, initializer=method.initializer)
+    key, value = module.apply({"params": params[site]}, prompts.InitContext())
+    folded[site] = {"key": key, "value": value}
+  return method.clone(projection_hidden=0), folded
+
+
+def num_params(config: Any, length: int, sites: Sequence[str] = ("encoder",),
+               projection_hidden: int = 0) -> int:
+  """The formula: sum over sites of 2 L P N D (direct) or the MLP's count."""
+  total = 0
+  for site in sites:
+    kv = 2 * site_layers(config, site) * config.num_heads * config.d_kv
+    if projection_hidden:
+      h, m = config.d_model, projection_hidden
+      total += length * h + h * m + m + m * kv + kv
+    else:
+      total += length * kv
+  return total

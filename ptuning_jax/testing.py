@@ -1,0 +1,97 @@
+"""Test helpers: tiny T5 configs, random params, random HF T5 checkpoints.
+
+torch / transformers are optional dependencies: they are imported inside the
+functions that need them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ptuning_jax import t5
+
+Params = Any
+
+
+def tiny_config(**overrides) -> t5.T5Config:
+  """The deliberately odd "tiny" preset (3 heads of 5, 2/3 layers) + overrides."""
+  return t5.get_config("tiny", **overrides)
+
+
+def init_params(config: t5.T5Config, seed: int = 0) -> Params:
+  """Random unboxed params of `t5.T5(config)`."""
+  model = t5.T5(config)
+  dummy = jnp.ones((1, 1), jnp.int32)
+  init = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, dummy, dummy)["params"]))
+  return init(jax.random.PRNGKey(seed))
+
+
+def hf_config(config: t5.T5Config, scale: Optional[bool] = None):
+  """The equivalent `transformers.T5Config` (dropout as in `config`)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  scale = config.tie_word_embeddings if scale is None else scale
+  return transformers.T5Config(
+      vocab_size=config.vocab_size, d_model=config.d_model,
+      num_heads=config.num_heads, d_kv=config.d_kv, d_ff=config.d_ff,
+      num_layers=config.num_encoder_layers,
+      num_decoder_layers=config.num_decoder_layers,
+      relative_attention_num_buckets=config.relative_attention_num_buckets,
+      relative_attention_max_distance=config.relative_attention_max_distance,
+      feed_forward_proj=config.feed_forward, dropout_rate=config.dropout_rate,
+      layer_norm_epsilon=config.layer_norm_epsilon,
+      pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id,
+      decoder_start_token_id=config.decoder_start_token_id,
+      # transformers 5: this kwarg sets `scale_decoder_outputs`; weights
+      # are tied at construction regardless (untied below).
+      tie_word_embeddings=scale)
+
+
+def make_hf_model(config: t5.T5Config, seed: int = 0, tie: Optional[bool] = None):
+  """A random-weight `transformers.T5ForConditionalGeneration` in eval mode.
+
+  Args:
+    config: the architecture; `config.tie_word_embeddings` decides the output
+      scaling (HF `scale_decoder_outputs`).
+    seed: torch seed of the random weights.
+    tie: whether `lm_head` shares the embedding's weights; default
+      `config.tie_word_embeddings`. Untied heads get their own random
+      weights. The encoder/decoder `embed_tokens` always share `shared`.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  tie = config.tie_word_embeddings if tie is None else tie
+  torch.manual_seed(seed)
+  model = transformers.T5ForConditionalGeneration(hf_config(config))
+  if not tie:
+    model.config.tie_word_embeddings = False
+    generator = torch.Generator().manual_seed(seed + 1)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(
+        config.vocab_size, config.d_model, generator=generator))
+    model.all_tied_weights_keys = {
+        k: v for k, v in model.all_tied_weights_keys.items() if k != "lm_head.weight"}
+  assert model.encoder.embed_tokens.weight is model.shared.weight
+  assert model.decoder.embed_tokens.weight is model.shared.weight
+  assert (model.lm_head.weight is model.shared.weight) == tie
+  return model.eval()
+
+
+def make_hf_t5(tmp_dir: str, config: t5.T5Config, seed: int = 0,
+               tie: Optional[bool] = None) -> str:
+  """Saves a random HF T5 (see `make_hf_model`) as safetensors; returns the dir."""
+  model = make_hf_model(config, seed=seed, tie=tie)
+  path = os.path.join(str(tmp_dir), f"hf_t5_seed{seed}")
+  model.save_pretrained(path, safe_serialization=True)
+  return path
+
+
+def load_hf_model(path: str):
+  """`T5ForConditionalGeneration.from_pretrained(path)` in float32 eval mode."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  transformers.logging.set_verbosity_error()
+  return transformers.T5ForConditionalGeneration.from_pretrained(
+      path, dtype=torch.float32).eval()
