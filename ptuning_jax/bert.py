@@ -518,13 +518,13 @@ class MlmHead(nn.Module):
 
 
 def _layer_prefix(hooks: hooks_lib.Hooks, config: BertConfig):
-  prefix = hooks.kv_prefixes.get("encoder")
-  if prefix is None:
-    return None
   for site in hooks.kv_prefixes:
     if site != "encoder":
       raise ValueError(f"hooks.kv_prefixes[{site!r}]: a BERT encoder has only the "
                        "'encoder' attention site.")
+  prefix = hooks.kv_prefixes.get("encoder")
+  if prefix is None:
+    return None
   expected = (config.num_hidden_layers, config.num_heads, config.d_kv)
   for part in ("key", "value"):
     shape = getattr(prefix, part).shape

@@ -417,6 +417,27 @@ def abstract_params(config: bert.BertConfig):
   return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
 
 
+def _check_divisible(abstract, shardings, maps: list[TensorMap]) -> None:
+  """Every sharded dim must split evenly over its mesh axes; lists culprits."""
+  problems = []
+  for m in maps:
+    shape = _get_path(abstract, m.path).shape
+    sharding = _get_path(shardings, m.path)
+    for dim, axes in zip(shape, sharding.spec):
+      if axes is None:
+        continue
+      axes = (axes,) if isinstance(axes, str) else tuple(axes)
+      parts = int(np.prod([sharding.mesh.shape[a] for a in axes]))
+      if dim % parts:
+        problems.append(f"{'/'.join(m.path)} {list(shape)}: dim {dim} over mesh "
+                        f"axes {axes} ({parts} parts)")
+  if problems:
+    raise ValueError(
+        "These parameters cannot be split evenly on the mesh:\n  "
+        + "\n  ".join(problems) + "\nBERT vocabularies (30522, 50265, 250002) "
+        "rarely divide the model axis: prepend ('vocab', None) to the rules.")
+
+
 def _place(array: np.ndarray, sharding) -> jax.Array:
   if sharding is None:
     return jax.device_put(np.ascontiguousarray(array))
@@ -457,6 +478,8 @@ def load_params(ckpt_dir: str | os.PathLike, config: Optional[bert.BertConfig] =
     maps = _resolve_names(maps, source.names())
     _check_tensors(source, maps, abstract, prefix, ckpt_dir)
     _check_tied(source, maps, prefix, ckpt_dir)
+    if shardings is not None:
+      _check_divisible(abstract, shardings, maps)
     for m in maps:
       target = _get_path(abstract, m.path)
       array = _to_ours(source.get(m.hf_name), m.kind, tuple(target.shape))

@@ -15,10 +15,14 @@ importable functions (`ptuning_jax.train`, `ptuning_jax.demo`, ...).
 from __future__ import annotations
 
 import argparse
+import os
 import importlib
+import json
 import logging
 import sys
 from typing import Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 GIN_COMMANDS = {"train": "train", "eval": "evaluate", "infer": "infer"}
 
@@ -45,7 +49,7 @@ def run_gin_command(command: str, argv: Sequence[str]) -> object:
   gin_utils.parse(args.gin_file, list(args.gin_bindings) + bindings, search)
   fn = getattr(train_lib, GIN_COMMANDS[command])
   result = gin_utils.call(fn)
-  print(result)
+  print(json.dumps(result, indent=2, sort_keys=True, default=str))
   return result
 
 
@@ -90,6 +94,8 @@ COMMANDS = {"tasks": _tasks, "inspect": _inspect, "demo": _demo, "bench": _bench
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
   if not argv or argv[0] in ("-h", "--help"):
     print(__doc__)
     return 0
@@ -106,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Configuration and input errors: one clear message, no traceback wall.
     if logging.getLogger().isEnabledFor(logging.DEBUG):
       raise
-    print(f"ptuning-jax {command}: error: {e}", file=sys.stderr)
+    print(f"ptuning-jax {command}: error ({type(e).__name__}): {e}", file=sys.stderr)
     return 1
   return 0
 

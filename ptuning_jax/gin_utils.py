@@ -60,9 +60,11 @@ def flag_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def write_config(model_dir: str, name: str = "config.gin", operative: bool = False) -> str:
   """Writes the parsed (or operative) gin config into `model_dir`."""
+  text = gin.operative_config_str() if operative else gin.config_str()
+  if not text.strip():
+    return ""  # not a gin-configured run (Python API, demo)
   os.makedirs(model_dir, exist_ok=True)
   path = os.path.join(model_dir, name)
-  text = gin.operative_config_str() if operative else gin.config_str()
   with open(path, "w") as f:
     f.write(text)
   return path

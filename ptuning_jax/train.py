@@ -29,6 +29,7 @@ from ptuning_jax import backbones
 from ptuning_jax import checkpoints
 from ptuning_jax import evaluation
 from ptuning_jax import files
+from ptuning_jax import gin_utils
 from ptuning_jax import models
 from ptuning_jax import optimizers
 from ptuning_jax import partitioning
@@ -103,6 +104,7 @@ def train(*, model_dir: str, backbone: backbones.BackboneSpec,
           progress_bar: bool = True) -> dict:
   """Prompt-tunes `method` on `data` over a frozen `backbone`; returns final metrics."""
   os.makedirs(model_dir, exist_ok=True)
+  gin_utils.write_config(model_dir, "config.gin")
   run = build_run(backbone=backbone, method=method, data=data, optimizer=optimizer,
                   mesh=mesh, seed=seed, num_microbatches=num_microbatches,
                   z_loss=z_loss)
@@ -124,6 +126,7 @@ def train(*, model_dir: str, backbone: backbones.BackboneSpec,
                       progress_bar=progress_bar)
   writer.close()
   ckpt.close()
+  gin_utils.write_config(model_dir, "operative_config.gin", operative=True)
   return dict(final, **report)
 
 

@@ -142,10 +142,7 @@ class Trainer:
         functools.partial(eval_step, model=model),
         in_shardings=(self.replicated, frozen_shardings, batch_sh),
         out_shardings=self.replicated)
-    self._predict = jax.jit(
-        model.predict_batch, static_argnames=("max_decode_length", "eos_id"),
-        in_shardings=(self.replicated, frozen_shardings, batch_sh),
-        out_shardings=batch_sh)
+    self._predict_fns: dict = {}
     self._rank = jax.jit(
         model.rank_classify,
         in_shardings=(self.replicated, frozen_shardings, batch_sh, self.replicated),
@@ -172,8 +169,15 @@ class Trainer:
 
   def predict(self, params, frozen, encoder_input_tokens, max_decode_length: int,
               eos_id: int = 1):
-    return self._run(self._predict, params, frozen, encoder_input_tokens,
-                     max_decode_length=max_decode_length, eos_id=eos_id)
+    """Greedy decodes [B, S]; one compilation per (length, eos id)."""
+    key = (max_decode_length, eos_id)
+    if key not in self._predict_fns:
+      self._predict_fns[key] = jax.jit(
+          functools.partial(self.model.predict_batch,
+                            max_decode_length=max_decode_length, eos_id=eos_id),
+          in_shardings=(self.replicated, self.frozen_shardings, self.batch_sharding),
+          out_shardings=self.batch_sharding)
+    return self._run(self._predict_fns[key], params, frozen, encoder_input_tokens)
 
   def rank_classify(self, params, frozen, encoder_input_tokens, candidates):
     return self._run(self._rank, params, frozen, encoder_input_tokens, candidates)

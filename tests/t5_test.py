@@ -1,5 +1,6 @@
 """Tests of ptuning_jax.t5: config, parameter layout, HF parity, hooks, dtypes."""
 import dataclasses
+import functools
 import subprocess
 import sys
 
@@ -29,10 +30,13 @@ PARITY_CONFIGS = {
 }
 
 
-def _apply(config, params, *args, method=None, **kwargs):
+def _apply(config, params, *args, method=None, jit=False, **kwargs):
+  """`T5(config).apply` (optionally jitted, with kwargs such as hooks closed over)."""
   model = t5.T5(config)
-  return model.apply({"params": params}, *args,
-                     method=None if method is None else getattr(model, method), **kwargs)
+  fn = functools.partial(model.apply, method=None if method is None else getattr(model, method),
+                         **kwargs)
+  variables = params if "cache" in params else {"params": params}
+  return (jax.jit(fn) if jit else fn)(variables, *args)
 
 
 def _batch(config, seed=0, batch=3, enc_len=9, dec_len=6):
@@ -219,18 +223,20 @@ def test_cached_decoding_matches_full_pass(hf_models, name):
 
 def _check_cached_matches_full(config, params, enc, dec, hooks, chunks=None):
   """Decodes `dec` in chunks (default: one token each) through the cache."""
-  full = _apply(config, params, enc, dec, hooks=hooks)
-  encoded, mask = _apply(config, params, enc, hooks=hooks, method="encode")
+  full = _apply(config, params, enc, dec, hooks=hooks, jit=True)
+  encoded, mask = _apply(config, params, enc, hooks=hooks, method="encode", jit=True)
   _, state = _apply(config, params, encoded, mask, dec, hooks=hooks, decode=True,
-                    method="decode", mutable=["cache"])
-  step_hooks = dataclasses.replace(hooks, decoder_prefix=None)
+                    method="decode", mutable=["cache"], jit=True)
+  model = t5.T5(config)
+  step = {first: jax.jit(functools.partial(
+      model.apply, method=model.decode, decode=True, mutable=["cache"],
+      hooks=hooks if first else dataclasses.replace(hooks, decoder_prefix=None)))
+          for first in (True, False)}
   chunks = chunks or [1] * dec.shape[1]
   start = 0
   for i, size in enumerate(chunks):
-    logits, state = t5.T5(config).apply(
-        {"params": params, "cache": state["cache"]}, encoded, mask,
-        dec[:, start:start + size], hooks=hooks if i == 0 else step_hooks,
-        decode=True, method=t5.T5.decode, mutable=["cache"])
+    logits, state = step[i == 0]({"params": params, "cache": state["cache"]}, encoded,
+                                 mask, dec[:, start:start + size])
     np.testing.assert_allclose(np.asarray(logits), np.asarray(full[:, start:start + size]),
                                rtol=1e-5, atol=1e-5)
     start += size
@@ -454,9 +460,9 @@ def test_remat_policies_keep_values_and_gradients(tiny, policy):
     hooks = hooks_lib.Hooks(encoder_inputs=lambda x, t, m: (x + delta, m))
     return jnp.sum(_apply(config, params, enc, dec, hooks=hooks) ** 2)
 
-  want_value, want_grad = jax.value_and_grad(loss)(delta, config)
-  value, grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)(
-      delta, dataclasses.replace(config, remat_policy=policy))
+  value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  want_value, want_grad = value_and_grad(delta, config)
+  value, grad = value_and_grad(delta, dataclasses.replace(config, remat_policy=policy))
   np.testing.assert_allclose(value, want_value, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-4, atol=1e-4)
 
@@ -466,9 +472,9 @@ def test_dropout(tiny):
   drop = dataclasses.replace(config, dropout_rate=0.3)
   plain = np.asarray(_apply(config, params, enc, dec))
   np.testing.assert_array_equal(np.asarray(_apply(drop, params, enc, dec)), plain)
-  a = _apply(drop, params, enc, dec, deterministic=False,
-             rngs={"dropout": jax.random.PRNGKey(1)})
-  b = _apply(drop, params, enc, dec, deterministic=False,
-             rngs={"dropout": jax.random.PRNGKey(2)})
+  model = t5.T5(drop)
+  run = jax.jit(lambda key: model.apply({"params": params}, enc, dec, deterministic=False,
+                                        rngs={"dropout": key}))
+  a, b = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2))
   assert np.abs(np.asarray(a) - plain).max() > 1e-3
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3

@@ -19,7 +19,7 @@ from ptuning_jax.data import mixtures
 from ptuning_jax.data import mpt_tasks
 from ptuning_jax.data import postprocessors
 
-_ = (lester_tasks, mixtures)  # imported to register tasks and mixtures.
+_ = mixtures  # imported to register the mixtures.
 label_strings = postprocessors.label_strings
 
 
@@ -52,7 +52,8 @@ def _resolve(name: str) -> seqio.Task | seqio.Mixture:
 
 def _task_row(task: seqio.Task, with_sizes: bool) -> TaskRow:
   if not with_sizes:
-    ref = mpt_tasks.reference_sizes(task.name) or {}
+    ref = (mpt_tasks.reference_sizes(task.name)
+           or lester_tasks.reference_sizes(task.name) or {})
     return TaskRow(task.name, "task", {s: ref.get(s) for s in task.splits})
   sizes, note = {}, ""
   for split in task.splits:

@@ -157,6 +157,39 @@ TASK_SPECS: dict[str, LesterTask] = {
     t.name: t for t in _glue_tasks() + _super_glue_tasks()}
 
 
+# Official split sizes (raw input examples), for display only.
+_SIZES = {
+    "glue_cola": (8551, 1043), "glue_sst2": (67349, 872),
+    "glue_mrpc": (3668, 408), "glue_qqp": (363849, 40430),
+    "glue_stsb": (5749, 1500), "glue_qnli": (104743, 5463),
+    "glue_rte": (2490, 277), "super_glue_boolq": (9427, 3270),
+    "super_glue_cb": (250, 56), "super_glue_copa": (400, 100),
+    "super_glue_multirc": (27243, 4848), "super_glue_record": (100730, 10000),
+    "super_glue_rte": (2490, 277), "super_glue_wic": (5428, 638),
+}
+_OTHER_SIZES = {
+    "glue_mnli": {"train": 392702, "validation_matched": 9815,
+                  "validation_mismatched": 9832},
+    "glue_mnli_matched": {"validation": 9815},
+    "glue_mnli_mismatched": {"validation": 9832},
+    "super_glue_wsc": {"train": 554, "validation": 104},
+}
+
+
+def reference_sizes(name: str) -> Optional[dict[str, int]]:
+  """Official split sizes of a Lester task (raw examples), or None."""
+  base = name.removeprefix(TASKLESS)
+  if base not in TASK_SPECS:
+    return None
+  stem = base.rsplit(f"_{GLUE_VERSION}", 1)[0].split(
+      f"_{SUPER_GLUE_VERSION}")[0]
+  if stem in _SIZES:
+    return dict(zip(("train", "validation"), _SIZES[stem]))
+  sizes = _OTHER_SIZES.get(stem)
+  return None if sizes is None else {
+      s: n for s, n in sizes.items() if s in TASK_SPECS[base].splits}
+
+
 def _register(spec: LesterTask, taskless: bool) -> str:
   name = (TASKLESS if taskless else "") + spec.name
   if name in seqio.TaskRegistry.names():

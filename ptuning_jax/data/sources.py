@@ -496,7 +496,8 @@ class RawDataset:
 
 
 def _glue(name, version, signature, files, reader, position_key="idx"):
-  local = {split: [LocalFile(f"glue/{name}/{f}", r)
+  folder = "mnli" if name.startswith("mnli") else name
+  local = {split: [LocalFile(f"glue/{folder}/{f}", r)
                    for f, r in (cands if isinstance(cands, list) else [(cands, reader)])]
            for split, cands in files.items()}
   return RawDataset(f"glue/{name}", f"glue/{name}:{version}", signature, local,
