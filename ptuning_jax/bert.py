@@ -29,10 +29,14 @@ model bit for bit):
     (`inputs_embeds = prompt ⊕ word embeddings`, `token_type_ids` zero-padded
     for the prompt): prompt vectors get position ids by their place in the
     new sequence, the segment-0 embedding and the LayerNorm, exactly like
-    real tokens. Tokens of segment 1 reach the hook as their word embedding
-    plus `type_emb[1] - type_emb[0]`, so any placement keeps their segment.
+    real tokens. A token of segment s reaches the hook as its word embedding
+    plus `type_emb[s] - type_emb[0]`, so any placement keeps its segment.
   * `kv_prefixes["encoder"]`: per-layer key/value prefixes [L, B, P, N, D]
-    (P-Tuning v2 deep prompts), always attended, never queried.
+    (P-Tuning v2 deep prompts), always attended, never queried. They are not
+    part of the sequence, so position ids do not move (P-Tuning v2's code
+    passes them as HF `past_key_values`, which also shifts BERT's position
+    ids by P; tests/bert_test.py checks equality with HF's cache path given
+    explicit positions).
   * `layer_inputs("encoder", i, x, mask)` on the hidden states entering
     layer i > 0.
   * `scales["encoder/k" | "encoder/v"]` [L, N * D] on the projected keys /
@@ -45,6 +49,12 @@ gets `position_offset + (attended tokens before it)` and a masked one
 `position_offset - 1` (the padding index). Hugging Face derives this from
 `input_ids != pad_token_id`; we derive it from the attention mask (after the
 `encoder_inputs` hook), which is the same for ordinary padded batches.
+
+Heads (separate, trainable modules; the frozen pooler and MLM head are
+passed in as functions, see `pooler_fn` / `mlm_fn`): `ClassificationHead`
+(classification or, with one class, regression on the first-position or
+masked-mean representation) and `VerbalizerHead` (label-word scoring through
+the masked-LM head at the mask position).
 
 Dimension letters:
   B batch, T input length, T' length after `encoder_inputs` (T plus P),

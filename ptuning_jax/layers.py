@@ -23,10 +23,28 @@ Dimension letters:
 Dtype policy: parameters are stored in `param_dtype` and cast to `dtype` for
 compute; RMS-norm statistics, attention scores, the position bias and the
 softmax are float32; logits are float32.
+
+Attention implementations (`MultiHeadAttention.attention_impl`, one of
+`ATTENTION_IMPLS`):
+  * "xla": the plain path, einsum + float32 softmax, compiled by XLA. It is
+    the reference and the fallback: it handles everything (dropout on the
+    probabilities included).
+  * "fused_xla": `jax.nn.dot_product_attention(..., implementation="xla")`,
+    with `scale=1.0` (T5 does not scale scores), the relative position bias as
+    `bias` and the boolean mask as `mask`.
+  * "cudnn": the same call with `implementation="cudnn"` (cuDNN flash
+    attention). Needs a GPU, bfloat16/float16 compute and D a multiple of 8
+    up to 128; the bias is cast to the compute dtype. Asking for it anywhere
+    else is an error.
+  * "auto": "cudnn" where its requirements hold, else "xla".
+  The fused kernels carry no dropout: while attention dropout is active
+  (`dropout_rate > 0` and not deterministic) every implementation runs the
+  "xla" path (logged once), so training with dropout keeps its semantics.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from typing import Any, Optional, Sequence
 
@@ -38,6 +56,10 @@ from jax import lax
 
 Array = jax.Array
 DType = Any
+
+log = logging.getLogger(__name__)
+
+ATTENTION_IMPLS = ("xla", "fused_xla", "cudnn", "auto")
 
 # Masked attention scores. Finite, so a query whose keys are all masked
 # (e.g. a fully padded batch row) gets a uniform softmax instead of NaN.
@@ -271,7 +293,7 @@ class MultiHeadAttention(nn.Module):
     is_cross: encoder-decoder attention (affects caching only).
     dtype: compute dtype.
     param_dtype: kernel storage dtype.
-    attention_impl: "xla" (einsum + softmax); hook for a fused kernel later.
+    attention_impl: one of ATTENTION_IMPLS (see the module docstring).
   """
   num_heads: int
   head_dim: int
@@ -309,8 +331,9 @@ class MultiHeadAttention(nn.Module):
     Returns:
       [B, Q, H] in `dtype`.
     """
-    if self.attention_impl != "xla":
-      raise NotImplementedError(f"attention_impl={self.attention_impl!r}; only 'xla'.")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of "
+                       f"{ATTENTION_IMPLS}.")
     batch, q_len, embed = inputs_q.shape
     n, d = self.num_heads, self.head_dim
     query = self._proj("query", (embed * d) ** -0.5)(inputs_q)  # [B, Q, N, D]
@@ -370,6 +393,12 @@ class MultiHeadAttention(nn.Module):
   def _attend(self, query: Array, key: Array, value: Array, bias: Optional[Array],
               mask: Optional[Array], deterministic: bool) -> Array:
     """Softmax attention. query [B, Q, N, D], key/value [B, K, N, D] -> [B, Q, N, D]."""
+    dropout_active = self.dropout_rate > 0.0 and not deterministic
+    impl = select_attention_impl(self.attention_impl, jnp.dtype(self.dtype),
+                                 self.head_dim, dropout_active)
+    if impl != "xla":
+      return constrain(fused_attention(query, key, value, bias, mask, impl),
+                       BATCH_LENGTH_HEADS_KV)
     scores = jnp.einsum("bqnd,bknd->bnqk", query, key,
                         preferred_element_type=jnp.float32)  # [B, N, Q, K]
     if bias is not None:
@@ -380,6 +409,79 @@ class MultiHeadAttention(nn.Module):
     probs = nn.Dropout(rate=self.dropout_rate)(probs, deterministic=deterministic)
     out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(self.dtype), value)
     return constrain(out, BATCH_LENGTH_HEADS_KV)
+
+
+def cudnn_unsupported_reason(dtype: DType, head_dim: int) -> Optional[str]:
+  """Why cuDNN flash attention cannot run here, or None when it can."""
+  if jax.default_backend() != "gpu":
+    return f"it needs a GPU (the default backend is {jax.default_backend()!r})"
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f"it needs bfloat16 or float16 compute (dtype is {jnp.dtype(dtype).name})"
+  if head_dim % 8 or head_dim > 128:
+    return f"it needs a head dim that is a multiple of 8 up to 128 (D = {head_dim})"
+  return None
+
+
+_LOGGED_DROPOUT_FALLBACK: set = set()
+
+
+def select_attention_impl(attention_impl: str, dtype: DType, head_dim: int,
+                          dropout_active: bool = False) -> str:
+  """The implementation one attention call runs: "xla", "fused_xla" or "cudnn".
+
+  Args:
+    attention_impl: the requested one of ATTENTION_IMPLS.
+    dtype: compute dtype.
+    head_dim: D.
+    dropout_active: attention dropout applies to this call.
+  Raises:
+    ValueError: "cudnn" requested where cuDNN cannot run.
+  """
+  if attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={attention_impl!r}; expected one of "
+                     f"{ATTENTION_IMPLS}.")
+  if attention_impl == "xla":
+    return "xla"
+  if dropout_active:
+    if attention_impl not in _LOGGED_DROPOUT_FALLBACK:
+      _LOGGED_DROPOUT_FALLBACK.add(attention_impl)
+      log.warning("attention_impl=%r: attention dropout is active, which fused "
+                  "kernels do not implement; using the 'xla' einsum path.",
+                  attention_impl)
+    return "xla"
+  reason = cudnn_unsupported_reason(dtype, head_dim)
+  if attention_impl == "cudnn" and reason is not None:
+    raise ValueError(f"attention_impl='cudnn' cannot be used: {reason}. Use "
+                     "'auto' (cuDNN where possible) or 'xla'.")
+  if attention_impl == "auto":
+    return "cudnn" if reason is None else "xla"
+  return attention_impl
+
+
+def fused_attention(query: Array, key: Array, value: Array, bias: Optional[Array],
+                    mask: Optional[Array], implementation: str) -> Array:
+  """T5 attention through `jax.nn.dot_product_attention` (no score scaling).
+
+  Args:
+    query: [B, Q, N, D].
+    key: [B, K, N, D].
+    value: [B, K, N, D].
+    bias: [1 or B, N, Q, K] additive bias (float32), or None.
+    mask: [B or 1, 1 or N, Q or 1, K] bool, True = attend; or None.
+    implementation: "fused_xla" or "cudnn".
+  Returns:
+    [B, Q, N, D] in the query's dtype.
+  """
+  if implementation not in ("fused_xla", "cudnn"):
+    raise ValueError(f"fused_attention: implementation={implementation!r}; "
+                     "expected 'fused_xla' or 'cudnn'.")
+  if bias is not None and implementation == "cudnn":
+    bias = bias.astype(query.dtype)  # cuDNN adds the bias in the compute dtype.
+  if mask is not None:
+    mask = mask.astype(bool)
+  return jax.nn.dot_product_attention(
+      query, key, value, bias=bias, mask=mask, scale=1.0,
+      implementation="xla" if implementation == "fused_xla" else "cudnn")
 
 
 def _prepend_prefix(kv_prefix: tuple[Array, Array], key: Array, value: Array,

@@ -229,8 +229,13 @@ def prompt_param(module: nn.Module, name: str, init: Initializer,
                      f"a parameter of shape {shape}.")
   if not module.is_initializing() and module.has_variable("params", name):
     return nn.meta.unbox(module.get_variable("params", name))
-  boxed = nn.with_logical_partitioning(
-      lambda rng, shape: init(rng, shape, context), tuple(axes))
+  def checked(rng, shape):
+    value = init(rng, shape, context)
+    if tuple(value.shape) != tuple(shape):
+      raise ValueError(f"{type(module).__name__}: the initialiser of {name!r} returned "
+                       f"shape {tuple(value.shape)}, expected {tuple(shape)}.")
+    return value
+  boxed = nn.with_logical_partitioning(checked, tuple(axes))
   return module.param(name, boxed, shape)
 
 

@@ -51,7 +51,7 @@ REMAT_POLICIES = {
     "dots_with_no_batch_dims_saveable":
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-ATTENTION_IMPLS = ("xla",)
+ATTENTION_IMPLS = layers.ATTENTION_IMPLS
 MT5_VOCAB_SIZE = 250112
 
 
@@ -82,7 +82,8 @@ class T5Config:
     eos_token_id: end of sequence.
     decoder_start_token_id: first decoder input.
     remat_policy: one of REMAT_POLICIES (per layer rematerialisation).
-    attention_impl: one of ATTENTION_IMPLS.
+    attention_impl: one of ATTENTION_IMPLS ("xla" einsum path, "fused_xla",
+      "cudnn", "auto"; see `layers`).
   """
   vocab_size: int = 32128
   d_model: int = 768

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ptuning_jax import t5
 
@@ -23,11 +24,43 @@ def tiny_config(**overrides) -> t5.T5Config:
 
 
 def init_params(config: t5.T5Config, seed: int = 0) -> Params:
-  """Random unboxed params of `t5.T5(config)`."""
-  model = t5.T5(config)
+  """Random unboxed params of `t5.T5(config)`, drawn with numpy.
+
+  Same tree, shapes, dtypes and distributions as `T5(config).init` (normal
+  with the modules' standard deviations; RMS-norm scales are ones) but not the
+  same values: compiling Flax's per-parameter threefry initialisation costs
+  seconds of CPU per config, numpy costs nothing.
+  """
   dummy = jnp.ones((1, 1), jnp.int32)
-  init = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, dummy, dummy)["params"]))
-  return init(jax.random.PRNGKey(seed))
+  abstract = nn.meta.unbox(jax.eval_shape(
+      lambda: t5.T5(config).init(jax.random.PRNGKey(0), dummy, dummy)["params"]))
+  rng = np.random.RandomState(seed)
+
+  def draw(path, leaf):
+    names = [p.key for p in path]
+    std = _init_stddev(names, config)
+    if std is None:
+      value = np.ones(leaf.shape, np.float32)
+    else:
+      value = rng.standard_normal(leaf.shape).astype(np.float32) * np.float32(std)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+def _init_stddev(names: list[str], config: t5.T5Config) -> Optional[float]:
+  """The initializer stddev `layers` uses for a parameter (None: ones)."""
+  h, d, f = config.d_model, config.d_kv, config.d_ff
+  if names[-1] == "scale":
+    return None
+  owner = names[-2]
+  table = {"query": (h * d) ** -0.5, "key": h ** -0.5, "value": h ** -0.5,
+           "out": (config.num_heads * d) ** -0.5, "wi": h ** -0.5, "wi_0": h ** -0.5,
+           "wi_1": h ** -0.5, "wo": f ** -0.5, "token_embedder": 1.0,
+           "relpos_bias": 1.0, "logits_dense": 1.0}
+  if owner not in table:
+    raise ValueError(f"No initializer known for parameter {'/'.join(names)}.")
+  return table[owner]
 
 
 def hf_config(config: t5.T5Config, scale: Optional[bool] = None):
@@ -60,15 +93,21 @@ def make_hf_model(config: t5.T5Config, seed: int = 0, tie: Optional[bool] = None
     tie: whether `lm_head` shares the embedding's weights; default
       `config.tie_word_embeddings`. Untied heads get their own random
       weights. The encoder/decoder `embed_tokens` always share `shared`.
+  Layer-norm weights are random too (HF initialises them to ones), so parity
+  tests also check where each norm's weights go.
   """
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   tie = config.tie_word_embeddings if tie is None else tie
   torch.manual_seed(seed)
   model = transformers.T5ForConditionalGeneration(hf_config(config))
+  generator = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():  # HF initialises layer norms to ones; randomise them
+    for name, param in model.named_parameters():
+      if "layer_norm" in name:
+        param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
   if not tie:
     model.config.tie_word_embeddings = False
-    generator = torch.Generator().manual_seed(seed + 1)
     model.lm_head.weight = torch.nn.Parameter(torch.randn(
         config.vocab_size, config.d_model, generator=generator))
     model.all_tied_weights_keys = {

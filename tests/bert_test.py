@@ -6,6 +6,7 @@ N heads, D head dim, L layers, C classes.
 """
 import csv
 import dataclasses
+import functools
 
 import flax.linen as nn
 import gin
@@ -200,6 +201,12 @@ def tiny_bert(tmp_path_factory):
   return path, model
 
 
+@functools.lru_cache(maxsize=None)
+def _load(path):
+  """(config, params) of a tiny checkpoint, loaded once per module."""
+  return bert_checkpoints.load_checkpoint(path)
+
+
 def _batch(vocab, lengths, total, pad_id, seed=0, left=()):
   """ids, mask [B, T]: random ids, rows of `lengths`, padded right (or left)."""
   rng = np.random.default_rng(seed)
@@ -214,7 +221,7 @@ def _batch(vocab, lengths, total, pad_id, seed=0, left=()):
 
 def test_tiny_roberta_parity_with_position_offsets(tiny_roberta):
   path, hf_model = tiny_roberta
-  config, params = bert_checkpoints.load_checkpoint(path)
+  config, params = _load(path)
   assert config.position_offset == 2 and config.with_mlm_head and not config.with_pooler
   ids, mask = _batch(97, [9, 4, 7, 1], 9, pad_id=1, left=(2,))
   ours, _ = _our_states(config, params, ids, mask)
@@ -227,7 +234,7 @@ def test_tiny_roberta_parity_with_position_offsets(tiny_roberta):
 
 def test_tiny_bert_parity_with_segments_pooler_and_mlm(tiny_bert):
   path, hf_model = tiny_bert
-  config, params = bert_checkpoints.load_checkpoint(path)
+  config, params = _load(path)
   assert config.hidden_act == "relu" and config.with_pooler and config.with_mlm_head
   ids, mask = _batch(89, [11, 6, 9], 11, pad_id=0, seed=1)
   types = np.random.default_rng(2).integers(0, 3, ids.shape)
@@ -256,7 +263,7 @@ def test_tiny_bert_parity_with_segments_pooler_and_mlm(tiny_bert):
 
 
 def test_empty_hooks_are_bit_identical(tiny_bert):
-  config, params = bert_checkpoints.load_checkpoint(tiny_bert[0])
+  config, params = _load(tiny_bert[0])
   ids, mask = _batch(89, [8, 5], 8, pad_id=0)
   types = np.ones_like(ids)
   model = bert.BertEncoder(config)
@@ -306,7 +313,7 @@ def test_prompt_prefix_matches_peft_inputs_embeds_on_minilm(minilm, hf_minilm,
 
 def test_prompt_prefix_roberta_positions_follow_the_prompt(tiny_roberta):
   path, hf_model = tiny_roberta
-  config, params = bert_checkpoints.load_checkpoint(path)
+  config, params = _load(path)
   ids, mask = _batch(97, [9, 4, 6], 9, pad_id=1, seed=3)
   prompt = np.random.default_rng(4).normal(0, 0.5, (3, 36)).astype(np.float32)
   ours, out_mask = _our_states(config, params, ids, mask,
@@ -323,7 +330,7 @@ def test_suffix_prompt_keeps_the_segment_of_real_tokens(tiny_bert):
   """Prompt appended after segment-1 tokens: those keep type 1, the prompt
   gets type 0, exactly as HF with inputs_embeds and explicit type ids."""
   path, hf_model = tiny_bert
-  config, params = bert_checkpoints.load_checkpoint(path)
+  config, params = _load(path)
   ids, mask = _batch(89, [7, 7], 7, pad_id=0, seed=5)
   types = np.array([[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 2, 2, 2]])
   prompt = np.random.default_rng(6).normal(0, 0.5, (4, 20)).astype(np.float32)
@@ -356,7 +363,7 @@ def test_kv_prefixes_match_hf_key_value_cache(tiny_bert):
   the sequence, so HF gets explicit positions 0..T-1 here.
   """
   path, hf_model = tiny_bert
-  config, params = bert_checkpoints.load_checkpoint(path)
+  config, params = _load(path)
   ids, mask, types = _tiny_inputs()
   rng = np.random.default_rng(8)
   key, value = (rng.normal(size=(2, 3, 4, 4, 5)).astype(np.float32) for _ in range(2))
@@ -381,7 +388,7 @@ def test_scales_and_layer_inputs_match_hf_forward_hooks(tiny_bert):
   """(IA)^3: keys / values after their projection (bias included), the MLP
   activation; layer_inputs: added to the input of layers 1..L-1."""
   path, hf_model = tiny_bert
-  config, params = bert_checkpoints.load_checkpoint(path)
+  config, params = _load(path)
   ids, mask, types = _tiny_inputs(seed=9)
   rng = np.random.default_rng(10)
   k, v = (rng.uniform(0.5, 1.5, (2, 20)).astype(np.float32) for _ in range(2))
@@ -435,7 +442,7 @@ def test_scales_and_layer_inputs_match_hf_forward_hooks(tiny_bert):
     (lambda: hooks_lib.Hooks(layer_inputs=lambda s, i, x, m: x[:, :2]), "keep the hidden"),
 ])
 def test_bad_hooks_raise_clear_errors(tiny_bert, hooks, match):
-  config, params = bert_checkpoints.load_checkpoint(tiny_bert[0])
+  config, params = _load(tiny_bert[0])
   ids, mask, types = _tiny_inputs()
   with pytest.raises(ValueError, match=match):
     _our_states(config, params, ids, mask, types, hooks=hooks())
@@ -452,7 +459,7 @@ def test_too_long_input_raises():
 
 
 def test_dropout_is_active_only_when_not_deterministic(tiny_bert):
-  config, params = bert_checkpoints.load_checkpoint(tiny_bert[0])
+  config, params = _load(tiny_bert[0])
   ids, mask, types = _tiny_inputs()
   model = bert.BertEncoder(config)
   run = lambda **kw: np.asarray(model.apply({"params": params}, ids, mask, types, **kw))
@@ -463,11 +470,13 @@ def test_dropout_is_active_only_when_not_deterministic(tiny_bert):
 
 
 def test_remat_gives_the_same_output_and_gradients(tiny_bert):
-  config, params = bert_checkpoints.load_checkpoint(tiny_bert[0])
+  config, params = _load(tiny_bert[0])
   ids, mask, types = _tiny_inputs()
 
+  weights = jax.random.normal(jax.random.key(0), (3, 8, 20)) / 480  # a mean
+
   def loss(p, cfg):
-    return jnp.sum(bert.BertEncoder(cfg).apply({"params": p}, ids, mask, types) ** 2)
+    return jnp.sum(bert.BertEncoder(cfg).apply({"params": p}, ids, mask, types) * weights)
 
   grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
   full = grad(params, config)
@@ -506,7 +515,12 @@ def test_sharded_minilm_forward_equals_unsharded(minilm_dir, minilm, hf_tokenize
   assert query.sharding.spec == jax.sharding.PartitionSpec(None, "model", None)
   assert query.addressable_shards[0].data.shape == (384, 12 // shape[1], 32)
   expected = bert.BertEncoder(config).apply({"params": params}, ids, mask, types, hooks=hk)
-  np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+  # Attended positions only: padded queries of this checkpoint are
+  # ill-conditioned in float32 (see the float64 test); a different fusion or
+  # summation order alone moves them by ~3e-5.
+  keep = mask[..., None].astype(bool)
+  np.testing.assert_allclose(np.where(keep, out, 0), np.where(keep, expected, 0),
+                             atol=1e-5, rtol=0)
 
 
 def test_sharded_vocab_needs_divisible_sizes(minilm_dir, minilm):
@@ -580,7 +594,7 @@ def test_classification_head_matches_hf_sequence_classification(tiny_bert):
   path, _ = tiny_bert
   hf = transformers.BertForSequenceClassification.from_pretrained(
       str(path), num_labels=3, attn_implementation="eager").eval()
-  config, params = bert_checkpoints.load_checkpoint(path)
+  config, params = _load(path)
   ids, mask, types = _tiny_inputs(seed=11)
   with torch.no_grad():
     expected = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
@@ -616,7 +630,7 @@ def test_mean_pooling_regression_head():
 
 def test_verbalizer_head_scores_label_words_at_the_mask(tiny_roberta):
   path, hf_model = tiny_roberta
-  config, params = bert_checkpoints.load_checkpoint(path)
+  config, params = _load(path)
   ids, mask = _batch(97, [9, 6], 9, pad_id=1, seed=13)
   ids[0, 4], ids[1, 2] = 5, 5  # 5 plays the mask token
   positions = bert.mask_positions(ids, 5)

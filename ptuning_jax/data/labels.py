@@ -22,4 +22,6 @@ def get(task_name: str) -> Optional[tuple[str, ...]]:
   if task_name in _LABELS:
     return _LABELS[task_name]
   from ptuning_jax.data import synthetic_tasks  # pylint: disable=g-import-not-at-top
+  if not task_name.startswith(synthetic_tasks.PREFIX):
+    return None  # a registered generation task (e.g. mpt_nq, ReCoRD).
   return synthetic_tasks.label_strings(task_name)

@@ -36,6 +36,7 @@ import functools
 import re
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import seqio
 
 from ptuning_jax.data import metrics
@@ -118,31 +119,34 @@ def _classification(name, raw, protocol, fields, n, metric_fns, sizes,
 
 
 def _qa(name, raw, answers_key="answers", sizes=None):
-  text = lambda compat: [functools.partial(prep.mpt_qa,  # pylint: disable=g-long-lambda
-                                           answers_key=answers_key)]
+  def text(compat):
+    del compat
+    return [functools.partial(prep.mpt_qa, answers_key=answers_key)]
   return MptDataset(name, raw, splits.Protocol(splits.LARGE, _LARGE), text,
                     lambda compat: None, post.qa, [metrics.squad],
                     sizes=sizes)
 
 
-def _build() -> dict[str, MptDataset]:
-  small = splits.Protocol(splits.SMALL, _SMALL)
-  large = splits.Protocol(splits.LARGE, _LARGE)
-  acc = [metrics.accuracy]
-  f1_acc = [metrics.f1_binary, metrics.accuracy]
-  c = _classification
-  out = [
+_SMALL_PROTOCOL = splits.Protocol(splits.SMALL, _SMALL)
+_LARGE_PROTOCOL = splits.Protocol(splits.LARGE, _LARGE)
+_ACC = [metrics.accuracy]
+_F1_ACC = [metrics.f1_binary, metrics.accuracy]
+
+
+def _glue_specs() -> list[MptDataset]:
+  small, large, c = _SMALL_PROTOCOL, _LARGE_PROTOCOL, _classification
+  return [
       MptDataset(
           "mnli", "glue/mnli", splits.Protocol(splits.OFFICIAL, {
               "train": "train", "validation": "validation_mismatched",
               "test": "validation_matched"}),
-          _fields("premise", "hypothesis"), _labels(3), _classes(3), acc,
+          _fields("premise", "hypothesis"), _labels(3), _classes(3), _ACC,
           sizes={"train": 392702, "validation": 9832, "test": 9815}),
-      c("qqp", "glue/qqp", large, ("question1", "question2"), 2, f1_acc,
+      c("qqp", "glue/qqp", large, ("question1", "question2"), 2, _F1_ACC,
         _large(362846, 40430)),
-      c("qnli", "glue/qnli", large, ("question", "sentence"), 2, acc,
+      c("qnli", "glue/qnli", large, ("question", "sentence"), 2, _ACC,
         _large(103743, 5463)),
-      c("sst2", "glue/sst2", large, ("sentence",), 2, acc,
+      c("sst2", "glue/sst2", large, ("sentence",), 2, _ACC,
         _large(66349, 872)),
       MptDataset(
           "stsb", "glue/stsb", small,
@@ -151,27 +155,40 @@ def _build() -> dict[str, MptDataset]:
           post.string_to_float,
           [metrics.pearson_corrcoef, metrics.spearman_corrcoef],
           compat_differs=True, sizes=_small(5749, 1500)),
-      c("mrpc", "glue/mrpc", small, ("sentence1", "sentence2"), 2, f1_acc,
+      c("mrpc", "glue/mrpc", small, ("sentence1", "sentence2"), 2, _F1_ACC,
         _small(3668, 408)),
-      c("rte", "glue/rte", small, ("sentence1", "sentence2"), 2, acc,
+      c("rte", "glue/rte", small, ("sentence1", "sentence2"), 2, _ACC,
         _small(2490, 277)),
       c("cola", "glue/cola", small, ("sentence",), 2,
         [metrics.matthews_corrcoef], _small(8551, 1043)),
+  ]
+
+
+def _super_glue_specs() -> list[MptDataset]:
+  small, c = _SMALL_PROTOCOL, _classification
+  return [
       MptDataset(
           "multirc", "super_glue/multirc", small,
           _fields("question", "answer", "paragraph", markup=True), _labels(2),
           functools.partial(post.multirc, label_classes=("0", "1")),
           [metrics.multirc_f1, metrics.multirc_exact_match],
           sizes=_small(27243, 4848)),
-      c("boolq", "super_glue/boolq", small, ("question", "passage"), 2, acc,
+      c("boolq", "super_glue/boolq", small, ("question", "passage"), 2, _ACC,
         _small(9427, 3270)),
       c("wic", "super_glue/wic", small, ("sentence1", "sentence2", "word"), 2,
-        acc, _small(5428, 638)),
+        _ACC, _small(5428, 638)),
       MptDataset("wsc", "super_glue/wsc.fixed", small,
-                 lambda compat: [prep.mpt_wsc], _labels(2), _classes(2), acc,
+                 lambda compat: [prep.mpt_wsc], _labels(2), _classes(2), _ACC,
                  sizes=_small(554, 104)),
       c("cb", "super_glue/cb", small, ("premise", "hypothesis"), 3,
         [metrics.mean_multiclass_f1(3), metrics.accuracy], _small(250, 56)),
+  ]
+
+
+def _other_specs() -> list[MptDataset]:
+  """MRQA, the four other targets and the sources SQuAD and ReCoRD."""
+  c = _classification
+  return [
       _qa("nq", "mrqa/natural_questions", sizes=_large(103071, 12836)),
       _qa("hotpotqa", "mrqa/hotpot_qa", sizes=_large(71928, 5904)),
       _qa("searchqa", "mrqa/search_qa", sizes=_large(116384, 16980)),
@@ -182,31 +199,31 @@ def _build() -> dict[str, MptDataset]:
                                          "test": "validation"}),
           lambda compat: [functools.partial(prep.mpt_winogrande,
                                             compat=compat)],
-          _labels(2), _classes(2), acc, compat_differs=True,
+          _labels(2), _classes(2), _ACC, compat_differs=True,
           sizes=_large(39398, 1267)),
       c("yelp", "yelp_polarity_reviews",
         splits.Protocol(splits.LARGE, {"train": "train", "test": "test"},
-                        train_cap=100_000), (("sentence", "text"),), 2, acc,
+                        train_cap=100_000), (("sentence", "text"),), 2, _ACC,
         _large(559000, 38000, cap=100_000)),
-      c("scitail", "sci_tail", small, ("premise", "hypothesis"), 2, acc,
-        _small(23596, 1304)),
+      c("scitail", "sci_tail", _SMALL_PROTOCOL, ("premise", "hypothesis"), 2,
+        _ACC, _small(23596, 1304)),
       c("paws", "paws_wiki/labeled_final_tokenized",
         splits.Protocol(splits.OFFICIAL, {"train": "train",
                                           "validation": "validation",
                                           "test": "test"}),
-        ("sentence1", "sentence2"), 2, acc,
+        ("sentence1", "sentence2"), 2, _ACC,
         {"train": 49401, "validation": 8000, "test": 8000}),
       _qa("squad", "squad/v1.1", answers_key="answers/text",
           sizes=_large(86599, 10570)),
-      MptDataset("record", "super_glue/record", large,
+      MptDataset("record", "super_glue/record", _LARGE_PROTOCOL,
                  lambda compat: [prep.record], lambda compat: None,
                  post.record, [metrics.record],
                  sizes=_large(99730, 10000)),
   ]
-  return {d.name: d for d in out}
 
 
-DATASET_SPECS: dict[str, MptDataset] = _build()
+DATASET_SPECS: dict[str, MptDataset] = {
+    d.name: d for d in _glue_specs() + _super_glue_specs() + _other_specs()}
 
 
 def task_name(dataset: str, k: Optional[int] = None, seed: Optional[int] = None,
@@ -237,9 +254,13 @@ def parse_name(name: str) -> Optional[dict[str, Any]]:
 
 
 def _stsb_class(compat: bool):
+  """STS-B score -> 0/1 on the task's rounded target (DePT: <= 2.5 is 0)."""
   def fn(score):
-    rounded = round(float(score), 1) if compat else round(float(score) * 5) / 5
-    return int(rounded > 2.5)  # DePT: "0" if float(label) <= 2.5 else "1".
+    if compat:
+      rounded = np.round((float(np.float32(score)) * 5) / 5, decimals=1)
+    else:
+      rounded = np.round(np.float32(score) * np.float32(5)) / np.float32(5)
+    return int(rounded > 2.5)
   return fn
 
 

@@ -11,7 +11,10 @@ initialisation); tasks register them with `register_labels`.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Mapping, Optional, Sequence
+
+from ptuning_jax.data import labels as labels_registry
 
 INVALID = -1
 
@@ -23,18 +26,25 @@ def _text(value: Any) -> str:
 
 
 def register_labels(task_name: str, labels: Sequence[str]):
-  """Records the class-label strings of `task_name` (class-index order)."""
+  """Records the class-label strings of `task_name` (class-index order).
+
+  They are also registered with the run-wide registry `data.labels`, which
+  the trainer reads.
+  """
   labels = tuple(labels)
   if not labels or len(set(labels)) != len(labels) or not all(labels):
     raise ValueError(f"task {task_name!r}: labels {labels} must be distinct "
                      "non-empty strings.")
   _LABELS[task_name] = labels
+  labels_registry.register(task_name, labels)
 
 
 def label_strings(task_name: str) -> list[str]:
   """Class-label strings of a classification task, in class-index order."""
   if task_name not in _LABELS:
-    from ptuning_jax.data import lester_tasks, mpt_tasks  # pylint: disable=g-import-not-at-top,unused-import
+    # Registering tasks imports TF and seqio: deferred until asked for.
+    importlib.import_module("ptuning_jax.data.lester_tasks")
+    mpt_tasks = importlib.import_module("ptuning_jax.data.mpt_tasks")
     mpt_tasks.ensure_registered(task_name)
   if task_name not in _LABELS:
     raise KeyError(f"task {task_name!r} has no class labels (not a registered "

@@ -163,7 +163,11 @@ def mpt_stsb(x, compat: bool = False) -> dict[str, tf.Tensor]:
   rounds to one decimal, not to the 0.2 grid its label list assumes.
   """
   label = x["label"]
-  grid = tf.round(label * 10) / 10 if compat else tf.round(label * 5) / 5
+  if compat:  # float64 like numpy on the HF label: (x * 5) / 5, rint(y * 10).
+    y = tf.cast(label, tf.float64) * 5 / 5
+    grid = tf.round(y * 10) / 10
+  else:  # T5 `stsb`, float32.
+    grid = tf.round(label * 5) / 5
   inputs = _join(["sentence1:", x["sentence1"], "sentence2:", x["sentence2"]])
   return {"inputs": inputs,
           "targets": tf.strings.as_string(grid, precision=1),

@@ -122,7 +122,8 @@ def current_config() -> SourceConfig:
   if bound:
     unknown = set(bound) - {"source", "data_dir", "tfds_data_dir"}
     if unknown:
-      raise ValueError(f"unknown gin parameters of sources.configure: {unknown}")
+      raise ValueError(
+          f"unknown gin parameters of sources.configure: {unknown}")
     return SourceConfig(**bound)
   env_source = os.environ.get(SOURCE_ENV)
   data_dir = os.environ.get(DATA_DIR_ENV) or None
@@ -196,7 +197,8 @@ def glue_tsv(features: Mapping[str, Any], label_column: Any,
       names = head.split("\t")
       missing = [c for c in features.values() if c not in names]
       if missing or not head:
-        raise DataFileError(f"{path}:1: header {names} lacks columns {missing}.")
+        raise DataFileError(
+            f"{path}:1: header {names} lacks columns {missing}.")
       cols = {f: names.index(c) for f, c in features.items()}
       label_col = names.index(label_column) if label_column in names else None
       width = len(names)
@@ -495,13 +497,14 @@ class RawDataset:
     return tuple(self.local)
 
 
-def _glue(name, version, signature, files, reader, position_key="idx"):
+def _glue(name, version, signature, files, reader):
+  """A GLUE raw dataset; `files`: split -> file name or [(file, reader)]."""
   folder = "mnli" if name.startswith("mnli") else name
-  local = {split: [LocalFile(f"glue/{folder}/{f}", r)
-                   for f, r in (cands if isinstance(cands, list) else [(cands, reader)])]
-           for split, cands in files.items()}
-  return RawDataset(f"glue/{name}", f"glue/{name}:{version}", signature, local,
-                    position_key)
+  local = {}
+  for split, cands in files.items():
+    cands = cands if isinstance(cands, list) else [(cands, reader)]
+    local[split] = [LocalFile(f"glue/{folder}/{f}", r) for f, r in cands]
+  return RawDataset(f"glue/{name}", f"glue/{name}:{version}", signature, local)
 
 
 def _pair(a, b, label=I64):
@@ -657,7 +660,8 @@ RAW_DATASETS: dict[str, RawDataset] = {
 
 def raw_dataset(name: str) -> RawDataset:
   if name not in RAW_DATASETS:
-    raise KeyError(f"unknown raw dataset {name!r}; known: {sorted(RAW_DATASETS)}")
+    raise KeyError(f"unknown raw dataset {name!r}; known: "
+                   f"{sorted(RAW_DATASETS)}")
   return RAW_DATASETS[name]
 
 
@@ -739,47 +743,86 @@ _INDEX_CACHE: dict[tuple, RawIndex] = {}
 _INDEX_LOCK = threading.Lock()
 
 
+def _tfds_columns(raw: RawDataset, split: str, cfg: SourceConfig, task: str,
+                  fields: Sequence[str]) -> list[np.ndarray]:
+  """Columns `fields` ("/"-paths) of a TFDS split, in stream order."""
+  ds = _tfds_dataset(raw, split, cfg, task)
+  ds = ds.map(lambda ex: tuple(_field(ex, f) for f in fields),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  chunks = list(tfds.as_numpy(ds.batch(8192)))
+  if not chunks:
+    return [np.zeros((0,), np.int64) for _ in fields]
+  return [np.concatenate([c[i] for c in chunks]) for i in range(len(fields))]
+
+
 def _scan(raw: RawDataset, split: str, cfg: SourceConfig, task: str,
           key: Optional[str], want_labels: bool) -> RawIndex:
   """One pass over a raw split collecting its size, order keys and labels."""
-  keys, labels, n = [], [], 0
+  fields = ([key] if key else []) + ([raw.label_key] if want_labels else [])
   if cfg.source == "local":
     path, reader = local_file(raw, split, cfg.data_dir, task)
-    examples = reader(path)
+    rows = [tuple(_field(ex, f) for f in fields) for ex in reader(path)]
+    n = len(rows)
+    columns = [np.asarray([r[i] for r in rows]) for i in range(len(fields))]
+  elif fields:
+    columns = _tfds_columns(raw, split, cfg, task, fields)
+    n = len(columns[0])
   else:
-    examples = tfds.as_numpy(_tfds_dataset(raw, split, cfg, task))
-  for ex in examples:
-    n += 1
-    if key is not None:
-      keys.append(int(_field(ex, key)))
-    if want_labels:
-      labels.append(_field(ex, raw.label_key))
+    return RawIndex(_tfds_size(raw, split, cfg, task), None)
   canon = None
-  if key is not None:
-    order = np.argsort(np.asarray(keys, dtype=np.int64), kind="stable")
+  if key:
+    order = np.argsort(columns[0].astype(np.int64), kind="stable")
     canon = np.empty(n, dtype=np.int64)
     canon[order] = np.arange(n)
-  label_arr = None
+  labels = None
   if want_labels:
-    label_arr = np.asarray(labels)
+    labels = columns[-1]
     if canon is not None:
-      label_arr = label_arr[np.argsort(canon)]
-  return RawIndex(n, canon, label_arr)
+      labels = labels[order]
+  return RawIndex(n, canon, labels)
+
+
+def _tfds_size(raw: RawDataset, split: str, cfg: SourceConfig,
+               task: str) -> int:
+  """Examples in a TFDS split: from its metadata, else counted."""
+  builder = tfds.builder(raw.tfds_name, data_dir=cfg.tfds_data_dir)
+  info = builder.info.splits.get(split) if builder.info.splits else None
+  if info is not None and info.num_examples:
+    return int(info.num_examples)
+  ds = _tfds_dataset(raw, split, cfg, task)
+  return int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
 
 
 def raw_index(raw: RawDataset, split: str, cfg: Optional[SourceConfig] = None,
-              task: str = "", want_labels: bool = False) -> RawIndex:
-  """Size, canonical order and (optionally) labels of a raw split (cached)."""
+              task: str = "", want_labels: bool = False,
+              need_order: bool = True) -> RawIndex:
+  """Size, canonical order and (optionally) labels of a raw split (cached).
+
+  Args:
+    raw: the raw dataset.
+    split: its raw split.
+    cfg: the source configuration (default: the current one).
+    task: task name for error messages.
+    want_labels: also collect the labels (canonical order).
+    need_order: compute `canon_of_stream` (TFDS with a position key); False
+      when only the size is needed.
+
+  Returns:
+    the `RawIndex`.
+  """
   cfg = cfg or current_config()
-  key = raw.position_key if cfg.source == "tfds" else None
+  key = raw.position_key if (cfg.source == "tfds" and need_order) else None
   cache_key = (cfg, raw.name, split)
   with _INDEX_LOCK:
     cached = _INDEX_CACHE.get(cache_key)
-  if cached is not None and (cached.labels is not None or not want_labels):
+  if cached is not None and (cached.labels is not None or not want_labels) and (
+      cached.canon_of_stream is not None or key is None):
     return cached
   if want_labels and raw.label_key is None:
     raise ValueError(f"task {task!r}: raw dataset {raw.name} has no labels "
                      "(k-shot sampling needs a classification dataset).")
+  if cached is not None and cached.canon_of_stream is not None:
+    key = raw.position_key
   index = _scan(raw, split, cfg, task, key, want_labels)
   with _INDEX_LOCK:
     _INDEX_CACHE[cache_key] = index

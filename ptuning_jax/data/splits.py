@@ -66,7 +66,8 @@ def torch_randperm(n: int, seed: int = SPLIT_SEED) -> np.ndarray:
     perm: [N] int64, identical to torch's CPU result.
   """
   if n < 0 or n >= (2**32 - 1) // 20:
-    raise ValueError(f"torch_randperm: n={n} is outside [0, {(2**32 - 1) // 20}).")
+    raise ValueError(f"torch_randperm: n={n} is outside "
+                     f"[0, {(2**32 - 1) // 20}).")
   # RandomState(seed) seeds MT19937 with init_genrand(seed) like torch's CPU
   # generator; randint over the full uint32 range returns the raw outputs.
   raw = np.random.RandomState(seed).randint(
@@ -119,8 +120,8 @@ class Protocol:
               OFFICIAL: ()}[self.kind]
     missing = [s for s in needed if s not in self.raw_splits]
     if missing:
-      raise ValueError(f"Protocol({self.kind}).raw_splits={dict(self.raw_splits)} "
-                       f"lacks {missing}.")
+      raise ValueError(f"Protocol({self.kind}).raw_splits="
+                       f"{dict(self.raw_splits)} lacks {missing}.")
     if self.kind == OFFICIAL and not self.raw_splits:
       raise ValueError("Protocol(official) needs at least one raw split.")
 
@@ -153,7 +154,8 @@ class Protocol:
     """
     raw = self.raw_split_of(split)
     if raw_size < 0:
-      raise ValueError(f"raw_size={raw_size} for raw split {raw!r} is negative.")
+      raise ValueError(f"raw_size={raw_size} for raw split {raw!r} is "
+                       "negative.")
     positions = None
     if self.kind == SMALL and split != "train":
       perm = torch_randperm(raw_size, self.seed)
@@ -310,9 +312,13 @@ class ProtocolSource(seqio.DataSource):
       raise ValueError(f"task {self._task_name!r} has no split {split!r}; it "
                        f"has {list(self.splits)}.")
     raw_split = self._protocol.raw_split_of(split)
+    few_shot = self._few_shot if split == "train" else None
+    if (self._protocol.kind == OFFICIAL and few_shot is None and
+        (split != "train" or self._protocol.train_cap is None)):
+      return Selection(raw_split)  # the whole raw split: no size needed.
     index = sources.raw_index(self._raw, raw_split, cfg, self._task_name)
     sel = self._protocol.selection(split, index.size)
-    if split != "train" or self._few_shot is None:
+    if few_shot is None:
       return sel
     fs = self._few_shot
     labels = sources.raw_index(self._raw, raw_split, cfg, self._task_name,
@@ -348,5 +354,7 @@ class ProtocolSource(seqio.DataSource):
   def num_input_examples(self, split: str) -> Optional[int]:
     cfg = sources.current_config()
     sel = self.selection(split, cfg)
-    index = sources.raw_index(self._raw, sel.raw_split, cfg, self._task_name)
-    return sel.size(index.size)
+    if sel.positions is not None:
+      return len(sel.positions)
+    return sources.raw_index(self._raw, sel.raw_split, cfg, self._task_name,
+                             need_order=False).size

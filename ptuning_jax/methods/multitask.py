@@ -56,8 +56,9 @@ class MultiTaskPrompt(nn.Module):
     task_index_source: "batch" (feature `task_index` [B]) or "first_token".
     task_token_ids: for "first_token": the token id of each task, in order.
     shared_initializer: of S (default sampled vocabulary).
-    task_initializer: of the T_k; default zeros for "add" (training starts
-      from the shared prompt) and sampled vocabulary for "concat".
+    task_initializer: a [Pt, H] initialiser applied to each T_k (own random
+      key per task); default zeros for "add" (training starts from the shared
+      prompt) and sampled vocabulary for "concat".
     placement: prompt placement (`prompts.PLACEMENTS`).
   """
   backbone_config: Any
@@ -90,8 +91,10 @@ class MultiTaskPrompt(nn.Module):
 
   def _task_init(self) -> prompts.Initializer:
     if self.task_initializer is not None:
-      return self.task_initializer
-    return prompts.normal(0.0) if self.combine == "add" else prompts.sampled_vocab()
+      return per_task(self.task_initializer)
+    if self.combine == "add":
+      return prompts.normal(0.0)
+    return per_task(prompts.sampled_vocab())
 
   @nn.compact
   def __call__(self, batch_size: int,
@@ -130,6 +133,15 @@ class MultiTaskPrompt(nn.Module):
       return combine_inputs(prompt, x, tokens, mask)
 
     return hooks_lib.Hooks(encoder_inputs=encoder_inputs)
+
+
+def per_task(init: prompts.Initializer) -> prompts.Initializer:
+  """A [P, H] initialiser applied to each of K tasks: shape [K, P, H]."""
+  def task_init(rng, shape, context):
+    keys = jax.random.split(rng, shape[0])
+    return jnp.stack([init(keys[k], tuple(shape[1:]), context)
+                      for k in range(shape[0])])  # [K, Pt, H]
+  return task_init
 
 
 def index_from_first_token(tokens: Array, task_token_ids: Sequence[int]) -> Array:

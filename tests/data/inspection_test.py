@@ -1,4 +1,4 @@
-"""Tests of the task listing and inspection behind `ptuning-jax tasks|inspect`."""
+"""Tests of the listing/inspection behind `ptuning-jax tasks` and `inspect`."""
 import os
 
 import pytest

@@ -61,7 +61,8 @@ def test_matthews_vs_sklearn_and_hand():
 def test_mean_multiclass_f1_hand_and_sklearn():
   t = [0, 0, 1, 1, 2, 2]
   p = [0, 1, 1, 1, 2, -1]
-  # class 0: P=1 R=1/2 F=2/3; class 1: P=2/3 R=1 F=4/5; class 2: P=1 R=1/2 F=2/3.
+  # class 0: P=1 R=1/2 F=2/3; class 1: P=2/3 R=1 F=4/5;
+  # class 2: P=1 R=1/2 F=2/3.
   hand = 100 * (2 / 3 + 4 / 5 + 2 / 3) / 3
   fn = metrics.mean_multiclass_f1(3)
   assert fn(t, p)["mean_3class_f1"] == pytest.approx(hand)

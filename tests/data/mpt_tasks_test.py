@@ -7,6 +7,8 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ptuning_jax.data import labels as labels_registry
+from ptuning_jax.data import lester_tasks  # noqa: F401  (registers tasks)
 from ptuning_jax.data import metrics
 from ptuning_jax.data import mpt_tasks
 from ptuning_jax.data import postprocessors as post
@@ -190,6 +192,8 @@ def test_all_23_datasets_registered_with_metrics():
 
 def test_label_strings():
   assert post.label_strings("mpt_cb") == ["0", "1", "2"]
+  assert labels_registry.get("mpt_cb") == ("0", "1", "2")
+  assert labels_registry.get("mpt_nq") is None
   assert post.label_strings("mpt_stsb")[:3] == ["0.0", "0.2", "0.4"]
   assert len(post.label_strings("mpt_stsb")) == 26
   assert len(post.label_strings("mpt_stsb_compat")) == 51
@@ -253,7 +257,8 @@ def test_full_pipeline_with_seqio_test_utils(spm_env):
          "idx": 5}
   ex = seqio.test_utils.test_preprocessing_single(
       "mpt_rte", {"validation": raw})
-  assert ex["inputs_pretokenized"] == b"sentence1: It rains. sentence2: It is wet."
+  assert ex["inputs_pretokenized"] == (
+      b"sentence1: It rains. sentence2: It is wet.")
   vocab = seqio.get_mixture_or_task("mpt_rte").output_features[
       "inputs"].vocabulary
   assert vocab.sentencepiece_model_file == str(spm_env)
@@ -279,3 +284,60 @@ def test_local_source_end_to_end_on_shared_data(shared_data, spm_env):
       seqio.get_mixture_or_task("mpt_boolq").get_dataset(None, split="train")
   finally:
     sources.reset()
+
+
+def test_tfds_mock_source_end_to_end(spm_env):
+  sources.configure("tfds")
+  sources.clear_caches()
+  try:
+    with tfds.testing.mock_data(num_examples=10):
+      task = seqio.get_mixture_or_task("mpt_cb")
+      got = {s: list(task.get_dataset(None, split=s, shuffle=False)
+                     .as_numpy_iterator()) for s in ("validation", "test")}
+      lester = seqio.get_mixture_or_task("taskless_glue_rte_v200")
+      rte = list(lester.get_dataset(None, split="validation", shuffle=False)
+                 .as_numpy_iterator())
+  finally:
+    sources.reset()
+    sources.clear_caches()
+  assert [len(got["validation"]), len(got["test"])] == [5, 5]
+  for ex in got["validation"] + got["test"]:
+    assert ex["inputs_pretokenized"].startswith(b"premise: ")
+    assert ex["targets_pretokenized"] in (b"0", b"1", b"2")
+  assert len(rte) == 10
+  assert all(e["inputs_pretokenized"].startswith(b"sentence1: ") for e in rte)
+  assert {e["targets_pretokenized"] for e in rte} <= {b"entailment",
+                                                      b"not_entailment"}
+
+
+def test_stsb_targets_match_dept_and_t5_formulas_on_real_labels(shared_data):
+  raw = sources.raw_dataset("glue/stsb")
+  path, reader = sources.local_file(raw, "validation", str(shared_data))
+  labels = [ex["label"] for ex in reader(path)]
+  exs = [{"label": x} for x in labels]
+  compat = [e["targets"] for e in run_text("mpt_stsb_compat", *exs)]
+  default = [e["targets"] for e in run_text("mpt_stsb", *exs)]
+  # DePT: str(np.round((label * 5) / 5, decimals=1)) on the float32 label.
+  dept = [str(np.round((float(np.float32(x)) * 5) / 5, decimals=1))
+          for x in labels]
+  # T5: tf.round(label * 5) / 5 in float32, one decimal.
+  t5 = [f"{float(np.round(np.float32(x) * np.float32(5)) / np.float32(5)):.1f}"
+        for x in labels]
+  assert compat == dept
+  assert default == t5
+  assert set(default) <= set(mpt_tasks.STSB_GRID)
+  assert set(compat) <= set(mpt_tasks.STSB_COMPAT_GRID)
+  assert compat != default
+
+
+def test_stsb_few_shot_binarizes_scores(shared_data):
+  assert mpt_tasks.ensure_registered("mpt_stsb_k4_s1")
+  sources.configure("local", str(shared_data))
+  try:
+    src = seqio.get_mixture_or_task("mpt_stsb_k4_s1").source
+    scores = [float(e["label"])
+              for e in tfds.as_numpy(src.get_dataset("train"))]
+  finally:
+    sources.reset()
+  assert len(scores) == 8
+  assert sum(round(s * 5) / 5 > 2.5 for s in scores) == 4

@@ -279,3 +279,10 @@ def test_tfds_source_on_mock_data():
   assert sorted(index.canon_of_stream.tolist()) == list(range(6))
   keys = [e["idx"]["answer"] for e in exs]
   assert [keys[i] for i in index.canon_of_stream.argsort()] == sorted(keys)
+
+
+def test_tfds_not_prepared_is_a_clear_error(tmp_path):
+  raw = sources.raw_dataset("glue/rte")
+  cfg = sources.SourceConfig("tfds", None, str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="mpt_rte.*not prepared.*local"):
+    sources.read_raw(raw, "validation", cfg, task="mpt_rte")

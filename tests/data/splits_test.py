@@ -40,7 +40,8 @@ def _positions(protocol, split, n):
 
 
 def test_small_protocol_sizes_disjoint_deterministic():
-  p = splits.Protocol(splits.SMALL, {"train": "train", "validation": "validation"})
+  p = splits.Protocol(splits.SMALL, {"train": "train",
+                                     "validation": "validation"})
   assert p.raw_split_of("train") == "train"
   assert p.raw_split_of("test") == "validation"
   val = _positions(p, "validation", 277)
@@ -148,23 +149,23 @@ def _questions(source, split):
 
 
 def test_protocol_source_large_dataset_local(tmp_path):
-  _write_qnli(str(tmp_path), 2500, 300)
+  _write_qnli(str(tmp_path), 1300, 30)
   sources.configure("local", str(tmp_path))
   src = splits.ProtocolSource("glue/qnli", splits.Protocol(
       splits.LARGE, {"train": "train", "test": "validation"}), task_name="t")
   train, val, test = (_questions(src, s) for s in splits.TASK_SPLITS)
-  assert (len(train), len(val), len(test)) == (1500, 1000, 300)
+  assert (len(train), len(val), len(test)) == (300, 1000, 30)
   assert not set(train) & set(val)
-  assert set(train) | set(val) == {f"qt{i}?" for i in range(2500)}
-  assert test == [f"qd{i}?" for i in range(300)]
-  expected_val = {f"qt{i}?" for i in splits.torch_randperm(2500)[:1000]}
+  assert set(train) | set(val) == {f"qt{i}?" for i in range(1300)}
+  assert test == [f"qd{i}?" for i in range(30)]
+  expected_val = {f"qt{i}?" for i in splits.torch_randperm(1300)[:1000]}
   assert set(val) == expected_val
   assert _questions(src, "validation") == val  # deterministic
-  assert src.num_input_examples("train") == 1500
+  assert src.num_input_examples("train") == 300
 
 
 def test_protocol_source_few_shot(tmp_path):
-  _write_qnli(str(tmp_path), 2500, 10)
+  _write_qnli(str(tmp_path), 1100, 10)
   sources.configure("local", str(tmp_path))
   protocol = splits.Protocol(splits.LARGE, {"train": "train",
                                             "test": "validation"})

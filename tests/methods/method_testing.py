@@ -1,14 +1,25 @@
 """Shared helpers of the method tests (imported by tests/methods/*_test.py).
 
+Compilation dominates the cost of these tests on a small CPU machine, so the
+frozen backbones are random numpy arrays (no jitted init) and each method's
+training check compiles exactly two train steps: one inside `train.train`
+on a (2, 4) mesh, one for the unsharded (1, 1) reference.
+
 Dimension letters: B batch, T input length, S target length.
 """
+import atexit
 import functools
+import os
+import shutil
+import tempfile
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from ptuning_jax import backbones
+from ptuning_jax import checkpoints
+from ptuning_jax import hf_checkpoints
 from ptuning_jax import models
 from ptuning_jax import optimizers
 from ptuning_jax import partitioning
@@ -22,10 +33,60 @@ from ptuning_jax import trainer as trainer_lib
 from ptuning_jax import vocab as vocab_lib
 
 B, T, S = 8, 7, 5
+partial = functools.partial
 
 
 def config(**overrides) -> t5.T5Config:
+  """The odd tiny config (3 heads of 5, 2 + 3 layers)."""
   return testing.tiny_config(**overrides)
+
+
+def sharded_config() -> t5.T5Config:
+  """Tiny, byte vocabulary, with 4 heads and a vocabulary divisible by 4, so
+  a model axis of 4 really splits heads, MLP and vocabulary."""
+  return testing.tiny_config(vocab_size=260, num_heads=4)
+
+
+def random_params(cfg: t5.T5Config, seed: int = 1):
+  """Random float32 numpy params of `t5.T5(cfg)` (shapes by `eval_shape`).
+
+  Kernels are N(0, 1 / fan_in) (fan_in = the leading dim, N D for attention
+  outputs), embeddings N(0, 1), position tables N(0, 0.25), norms ones.
+  """
+  dummy = np.ones((1, 1), np.int32)
+  shapes = nn.meta.unbox(jax.eval_shape(
+      lambda: t5.T5(cfg).init(jax.random.key(0), dummy, dummy)["params"]))
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, x):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if name.endswith("scale"):
+      return np.ones(x.shape, np.float32)
+    if "rel_embedding" in name:
+      std = 0.5
+    elif "embedding" in name:
+      std = 1.0
+    else:
+      fan_in = x.shape[0] * (x.shape[1] if "/out/" in name else 1)
+      std = fan_in ** -0.5
+    return (std * rng.standard_normal(x.shape)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+def frozen(cfg: t5.T5Config, seed: int = 1):
+  """(module, params) of a random backbone."""
+  return t5.T5(cfg), random_params(cfg, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def backbone_dir(seed: int = 3) -> str:
+  """A Hugging Face layout checkpoint of a random `sharded_config()` T5
+  (written once per process; loading it compiles nothing)."""
+  path = tempfile.mkdtemp(prefix="methods_backbone_")
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  cfg = sharded_config()
+  hf_checkpoints.save_checkpoint(random_params(cfg, seed), cfg, path)
+  return path
 
 
 def make_batch(vocab_size: int, seed: int = 0, batch: int = B, length: int = T,
@@ -42,87 +103,136 @@ def make_batch(vocab_size: int, seed: int = 0, batch: int = B, length: int = T,
           "decoder_loss_weights": (tgt > 0).astype(np.float32)}
 
 
-def frozen(cfg: t5.T5Config, seed: int = 1):
-  """(module, params) of a random tiny backbone."""
-  return t5.T5(cfg), testing.init_params(cfg, seed=seed)
-
-
-def context(params) -> prompts.InitContext:
+def context(params, vocab=None) -> prompts.InitContext:
   return prompts.InitContext(embedding=np.asarray(params["token_embedder"]["embedding"]),
-                             vocab=vocab_lib.ByteVocab())
+                             vocab=vocab or vocab_lib.ByteVocab())
 
 
 def init(method, params, seed: int = 0):
-  """Unboxed trainables of `method` for the backbone `params`."""
+  """Unboxed numpy trainables of `method` for the backbone `params`."""
   model = models.PromptModel(None, method)
-  return jax.tree_util.tree_map(
-      np.asarray, nn.meta.unbox(
-          model.init_trainables(jax.random.key(seed), context(params))))
+  boxed = model.init_trainables(jax.random.key(seed), context(params))
+  return jax.tree_util.tree_map(np.asarray, nn.meta.unbox(boxed))
 
 
 def loss(module, method, trainables, params, batch, **kw):
-  model = models.PromptModel(module, method)
-  return model.loss_fn(trainables, params, batch, **kw)
+  """(objective, metrics) of `PromptModel.loss_fn` (eager)."""
+  return models.PromptModel(module, method).loss_fn(trainables, params, batch, **kw)
 
 
-def _trainer(method, cfg, mesh_shape, lr):
-  devices = jax.devices()[:mesh_shape[0] * mesh_shape[1]]
-  mesh = partitioning.make_mesh(*mesh_shape, devices=devices)
-  rules = partitioning.standard_logical_axis_rules()
-  bb = backbones.load(backbones.BackboneSpec(config=cfg, seed=1), mesh, rules)
-  model = models.PromptModel(bb.module, method)
-  ctx = prompts.InitContext(embedding=np.asarray(bb.embedding),
-                            vocab=vocab_lib.ByteVocab())
-  tx = optimizers.build_optimizer(optimizers.OptimizerConfig(learning_rate=lr))
-  state = trainer_lib.create_train_state(
-      model.init_trainables(jax.random.key(0), ctx), tx, seed=0)
-  trainer = trainer_lib.Trainer(model, tx, mesh, rules, bb.shardings)
-  return bb, trainer, trainer.place_state(state)
-
-
-def run_steps(method, cfg, mesh_shape, steps, batch, lr=0.3):
-  """Final params and per-step metrics of `steps` train steps on one batch."""
-  bb, trainer, state = _trainer(method, cfg, mesh_shape, lr)
-  history = []
-  for _ in range(steps):
-    state, metrics = trainer.train_step(state, bb.params, trainer.place_batch(batch))
-    history.append(jax.device_get(metrics))
-  return jax.device_get(state.params), history
-
-
-def check_sharded_training(method, cfg, batch, steps=3, lr=0.3, atol=1e-5):
-  """Loss drops on (1, 1), and a (2, 4) mesh gives the same params and losses."""
-  p1, h1 = run_steps(method, cfg, (1, 1), steps, batch, lr)
-  p8, h8 = run_steps(method, cfg, (2, 4), steps, batch, lr)
-  assert h1[-1]["loss"] < h1[0]["loss"], [float(h["loss"]) for h in h1]
-  jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(b, a, atol=atol, rtol=0), p1, p8)
-  for a, b in zip(h1, h8):
-    np.testing.assert_allclose(b["loss"], a["loss"], atol=atol, rtol=0)
-  return p1, h1
-
+# ------------------------------ data ----------------------------------------
 
 FEATURES = {"inputs": 24, "targets": 4}
 
 
-def smoke_data(seed: int = 0, data_cls=task_data.TextTaskData):
+def smoke_data(seed: int = 0) -> task_data.TextTaskData:
+  """The synthetic held-out task (byte vocabulary), 32 training examples."""
   task = synthetic.HELDOUT_TASK
   splits = {"train": synthetic.train_examples(task, 32, seed),
             "validation": synthetic.eval_examples(task, 8, seed)}
-  return data_cls(splits, vocab_lib.ByteVocab(), FEATURES, batch_size=8, seed=seed,
-                  label_strings=synthetic.label_strings(task))
+  return task_data.TextTaskData(splits, vocab_lib.ByteVocab(), FEATURES, batch_size=8,
+                                seed=seed, label_strings=synthetic.label_strings(task))
 
 
-def smoke_train(tmp_path, method, data=None, steps=2, **kw) -> dict:
-  """A `steps`-step `train.train` run on a random byte-vocab backbone."""
-  cfg = testing.tiny_config(vocab_size=vocab_lib.ByteVocab().vocab_size)
+# ------------------------------ training ------------------------------------
+
+
+def _reference_steps(method_factory, data, optimizer, steps, extra_steps, seed):
+  """The unsharded (1, 1) run of what `train.train` does, plus `extra_steps`
+  more steps on one fixed batch. Returns (params after `steps`, fixed-batch
+  losses)."""
+  ckpt = backbone_dir()
+  cfg = hf_checkpoints.load_config(ckpt)
+  mesh = partitioning.make_mesh(1, 1, devices=jax.devices()[:1])
+  rules = partitioning.standard_logical_axis_rules()
+  module = t5.T5(cfg)
+  shardings = backbones.frozen_shardings(module, mesh, rules)
+  frozen_params = hf_checkpoints.load_params(ckpt, cfg, mesh=mesh, rules=rules)
+  model = models.PromptModel(module, method_factory(backbone_config=cfg))
+  ctx = prompts.InitContext(
+      embedding=np.asarray(frozen_params["token_embedder"]["embedding"]),
+      vocab=data.vocab)
+  tx = optimizers.build_optimizer(optimizer)
+  state = trainer_lib.create_train_state(
+      model.init_trainables(jax.random.key(seed), ctx), tx, seed)
+  trainer = trainer_lib.Trainer(model, tx, mesh, rules, shardings)
+  state = trainer.place_state(state)
+  batches = data.train_iterator()
+  for _ in range(steps):
+    state, _ = trainer.train_step(state, frozen_params, trainer.place_batch(next(batches)))
+  after = jax.device_get(state.params)
+  fixed = trainer.place_batch(next(batches))
+  losses = []
+  for _ in range(extra_steps):
+    state, metrics = trainer.train_step(state, frozen_params, fixed)
+    losses.append(float(metrics["loss"]))
+  return after, losses
+
+
+def check_training(tmp_path, method_factory, data=None, steps=2, extra_steps=4,
+                   optimizer=optimizers.OptimizerConfig(), atol=1e-5) -> dict:
+  """The per-method training check:
+
+  1. a `steps`-step `train.train` run on a (2, 4) mesh (smoke run through the
+     CLI's code path: backbone checkpoint, sharding, checkpoints, .npy export);
+  2. the same steps unsharded on one device give the same trainables;
+  3. on a fixed batch, further unsharded steps lower the loss.
+  Returns train.train's result.
+  """
+  data = data or smoke_data()
+  seed = 42
   result = train_lib.train(
-      model_dir=str(tmp_path), backbone=backbones.BackboneSpec(config=cfg, seed=3),
-      method=method, data=data or smoke_data(), num_steps=steps, log_every=1,
-      progress_bar=False, mesh=train_lib.MeshConfig(), **kw)
+      model_dir=str(tmp_path), backbone=backbones.BackboneSpec(checkpoint_dir=backbone_dir()),
+      method=method_factory, data=data, optimizer=optimizer, num_steps=steps,
+      log_every=1, progress_bar=False, mesh=train_lib.MeshConfig(data=2, model=4),
+      seed=seed)
   assert np.isfinite(result["train/loss"]), result
   assert result["trainable_params"] > 0
+  reference, losses = _reference_steps(method_factory, data, optimizer, steps,
+                                       extra_steps, seed)
+  npy_dir = os.path.join(str(tmp_path), "checkpoints", checkpoints.NUMPY_DIR, str(steps))
+  exported = {f[:-len(".npy")]: np.load(os.path.join(npy_dir, f))
+              for f in os.listdir(npy_dir)}
+  expected = {optimizers.path_str(p, "."): np.asarray(x)
+              for p, x in jax.tree_util.tree_leaves_with_path(reference)}
+  assert sorted(exported) == sorted(expected)
+  for name, value in expected.items():
+    np.testing.assert_allclose(exported[name], value, atol=atol, rtol=0, err_msg=name)
+  assert losses[-1] < losses[0], losses
   return result
 
 
-partial = functools.partial
+class _TaskIndexBatches:
+  """Adds `task_index` [B] = (number of input tokens) mod K to every batch."""
+
+  def __init__(self, inner, num_tasks: int):
+    self._inner, self._num_tasks = inner, num_tasks
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = dict(next(self._inner))
+    lengths = (np.asarray(batch["encoder_input_tokens"]) > 0).sum(1)
+    batch["task_index"] = (lengths % self._num_tasks).astype(np.int32)
+    return batch
+
+  def get_state(self):
+    return self._inner.get_state()
+
+  def set_state(self, state):
+    self._inner.set_state(state)
+
+
+class TaskIndexData(task_data.TextTaskData):
+  """`smoke_data`'s examples with a `task_index` feature in training batches."""
+  num_tasks = 2
+
+  def train_iterator(self):
+    return _TaskIndexBatches(super().train_iterator(), self.num_tasks)
+
+
+def task_index_data(seed: int = 0) -> TaskIndexData:
+  data = smoke_data(seed)
+  return TaskIndexData(data._splits, data.vocab, data.feature_lengths,
+                       data.batch_size, seed, label_strings=data.label_strings)
