@@ -410,32 +410,10 @@ def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
 
 
 def abstract_params(config: bert.BertConfig):
-  """(shape/dtype tree, logical spec tree) of `BertEncoder(config)`'s params."""
+  """Boxed (logically partitioned) abstract params of `BertEncoder(config)`."""
   dummy = jnp.ones((1, 1), jnp.int32)
-  boxed = jax.eval_shape(
+  return jax.eval_shape(
       lambda: bert.BertEncoder(config).init(jax.random.PRNGKey(0), dummy, dummy)["params"])
-  return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
-
-
-def _check_divisible(abstract, shardings, maps: list[TensorMap]) -> None:
-  """Every sharded dim must split evenly over its mesh axes; lists culprits."""
-  problems = []
-  for m in maps:
-    shape = _get_path(abstract, m.path).shape
-    sharding = _get_path(shardings, m.path)
-    for dim, axes in zip(shape, sharding.spec):
-      if axes is None:
-        continue
-      axes = (axes,) if isinstance(axes, str) else tuple(axes)
-      parts = int(np.prod([sharding.mesh.shape[a] for a in axes]))
-      if dim % parts:
-        problems.append(f"{'/'.join(m.path)} {list(shape)}: dim {dim} over mesh "
-                        f"axes {axes} ({parts} parts)")
-  if problems:
-    raise ValueError(
-        "These parameters cannot be split evenly on the mesh:\n  "
-        + "\n  ".join(problems) + "\nBERT vocabularies (30522, 50265, 250002) "
-        "rarely divide the model axis: prepend ('vocab', None) to the rules.")
 
 
 def _place(array: np.ndarray, sharding) -> jax.Array:
@@ -455,7 +433,8 @@ def load_params(ckpt_dir: str | os.PathLike, config: Optional[bert.BertConfig] =
     config: the model config; default `load_config(ckpt_dir)`. Its
       `param_dtype` is the storage dtype.
     mesh: place every tensor directly into its NamedSharding on this mesh
-      (derived from the model's logical axes); default: the default device.
+      (`partitioning.param_shardings` of the model's logical axes: dims the
+      mesh axes do not divide are replicated); default: the default device.
     rules: logical axis rules; default `partitioning.standard_logical_axis_rules()`.
   Returns:
     params tree as produced by `BertEncoder(config).init(...)["params"]`, unboxed.
@@ -465,11 +444,14 @@ def load_params(ckpt_dir: str | os.PathLike, config: Optional[bert.BertConfig] =
   """
   ckpt_dir = os.fspath(ckpt_dir)
   config = config or load_config(ckpt_dir)
-  abstract, specs = abstract_params(config)
+  boxed = abstract_params(config)
+  abstract = nn.meta.unbox(boxed)
   shardings = None
   if mesh is not None:
     rules = partitioning.standard_logical_axis_rules() if rules is None else rules
-    shardings = partitioning.mesh_shardings(specs, mesh, rules)
+    # Dims the mesh axes do not divide (BERT vocabularies such as 30522 over
+    # a model axis of 4) are replicated, with a warning, as for T5.
+    shardings = partitioning.param_shardings(boxed, mesh, rules)
   params: dict = {}
   with contextlib.ExitStack() as stack:
     source = _TensorSource(ckpt_dir, stack)
@@ -478,8 +460,6 @@ def load_params(ckpt_dir: str | os.PathLike, config: Optional[bert.BertConfig] =
     maps = _resolve_names(maps, source.names())
     _check_tensors(source, maps, abstract, prefix, ckpt_dir)
     _check_tied(source, maps, prefix, ckpt_dir)
-    if shardings is not None:
-      _check_divisible(abstract, shardings, maps)
     for m in maps:
       target = _get_path(abstract, m.path)
       array = _to_ours(source.get(m.hf_name), m.kind, tuple(target.shape))

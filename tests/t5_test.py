@@ -480,7 +480,9 @@ def test_bfloat16_params_and_compute(tiny):
 
 
 def test_remat_policies_keep_values_and_gradients(tiny):
-  config, params, enc, dec = tiny
+  _, _, enc, dec = tiny
+  config = testing.tiny_config(num_encoder_layers=1, num_decoder_layers=1)
+  params = testing.init_params(config)
   delta = _rand(30, (enc.shape[0], enc.shape[1], config.d_model), 0.1)
 
   def loss(delta, config):

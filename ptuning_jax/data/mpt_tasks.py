@@ -27,7 +27,9 @@ QA metrics take the max over all gold answers (DePT scores the first only).
 
 Pre-registered: every `mpt_<dataset>`, the compat variants, and
 `_k{4,16,32}[_compat]` for BoolQ, CB and SciTail (MPT/DePT's few-shot
-datasets); `ensure_registered(name)` registers any other valid name.
+datasets; not `mpt_cb_k32`, as CB's train split has only 16 `neutral`
+examples); `ensure_registered(name)` registers any other valid name, and
+reading a k-shot split whose classes are too small is an error.
 """
 from __future__ import annotations
 
@@ -53,6 +55,9 @@ TARGETS = GLUE + SUPER_GLUE + MRQA + OTHERS
 SOURCES = ("mnli", "qnli", "qqp", "sst2", "squad", "record")
 DATASETS = TARGETS + ("squad", "record")
 FEW_SHOT_DATASETS = ("boolq", "cb", "scitail")
+# CB's train split has 16 `neutral` examples: 32 per class cannot be drawn
+# (`mpt_cb_k32_compat`, 32 in total, can).
+_IMPOSSIBLE_PER_CLASS = frozenset({("cb", 32)})
 DEFAULT_FEW_SHOT_SEED = 42
 
 _SMALL = {"train": "train", "validation": "validation"}
@@ -320,10 +325,15 @@ def reference_sizes(name: str) -> Optional[dict[str, int]]:
     return None
   sizes = dict(spec.sizes)
   if parsed["k"] is not None:
-    n_classes = len(spec.labels(parsed["compat"]) or ())
-    if parsed["dataset"] == "stsb":
-      n_classes = 2
-    sizes["train"] = parsed["k"] * (1 if parsed["compat"] else n_classes)
+    k = parsed["k"]
+    n_classes = 2 if parsed["dataset"] == "stsb" else len(spec.labels(False))
+    if parsed["compat"]:
+      # DePT's sampler: k // C per class plus one open slot that is only
+      # reached when C * (k // C) == k - 1 (CB k=32 gives 30, not 32).
+      full = n_classes * (k // n_classes)
+      sizes["train"] = full + (1 if full == k - 1 else 0)
+    else:
+      sizes["train"] = k * n_classes
   return sizes
 
 
@@ -334,7 +344,8 @@ def _register_all():
       register(dataset, compat=True)
   for dataset in FEW_SHOT_DATASETS:
     for k in splits.FEW_SHOT_KS:
-      register(dataset, k)
+      if (dataset, k) not in _IMPOSSIBLE_PER_CLASS:
+        register(dataset, k)
       register(dataset, k, compat=True)
 
 

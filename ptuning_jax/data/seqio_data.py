@@ -46,6 +46,8 @@ class SeqioData:
                max_train_examples: Optional[int] = None):
     for m in ([module] if isinstance(module, str) else (module or [])):
       importlib.import_module(m)
+    from ptuning_jax.data import mpt_tasks  # pylint: disable=g-import-not-at-top
+    mpt_tasks.ensure_registered(task)  # on-demand names, e.g. mpt_rte_k16
     try:
       self.provider = seqio.get_mixture_or_task(task)
     except ValueError as e:

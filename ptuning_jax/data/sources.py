@@ -51,7 +51,6 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
-import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 

@@ -26,7 +26,8 @@ Few-shot (`k_shot_positions`): `per_class` draws k examples of every class
 from a seeded shuffle of the train split (what the benchmark describes);
 `dept` replays DePT's `train.py` exactly: k is the *total*, `k // C` per class
 with the last slot open to any class, over `Dataset.shuffle(seed)` =
-`np.random.default_rng(seed).permutation(n)`.
+`np.random.default_rng(seed).permutation(n)`. DePT's open slot only opens when
+C * (k // C) == k - 1, so e.g. k=32 with 3 classes gives 30 examples.
 
 Positions are 0-based indices into a raw split in canonical order.
 `ProtocolSource` is the seqio `DataSource` that reads a raw dataset

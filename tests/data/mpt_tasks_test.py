@@ -13,6 +13,7 @@ from ptuning_jax.data import metrics
 from ptuning_jax.data import mpt_tasks
 from ptuning_jax.data import postprocessors as post
 from ptuning_jax.data import sources
+from ptuning_jax.data import vocabularies
 
 _TOKEN_STEPS = (seqio.preprocessors.tokenize,
                 seqio.preprocessors.append_eos_after_trim)
@@ -262,6 +263,8 @@ def test_full_pipeline_with_seqio_test_utils(spm_env):
   vocab = seqio.get_mixture_or_task("mpt_rte").output_features[
       "inputs"].vocabulary
   assert vocab.sentencepiece_model_file == str(spm_env)
+  default = vocabularies.default_vocabulary()
+  assert vocab == default and default == vocab
   assert ex["inputs"][-1] == 1  # EOS
   assert vocab.decode(ex["inputs"][:-1].tolist()) == (
       "sentence1: It rains. sentence2: It is wet.")

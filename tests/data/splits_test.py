@@ -119,6 +119,13 @@ def test_k_shot_dept_mode_matches_reference_loop():
     assert len(idx) == k
 
 
+def test_k_shot_dept_mode_stalls_like_dept():
+  labels = [0, 1, 2] * 40
+  idx = splits.k_shot_positions(labels, 32, seed=0, mode="dept")
+  assert len(idx) == 30  # 10 per class; DePT's open slot never opens.
+  assert len(splits.k_shot_positions(labels, 16, seed=0, mode="dept")) == 16
+
+
 def test_k_shot_dept_hand_example():
   # Shuffle order of default_rng(0) over 6 items, then DePT's greedy loop.
   labels = ["a", "a", "a", "b", "b", "b"]

@@ -94,7 +94,7 @@ def _peft_loss_and_grad(model, batch):
                 decoder_input_ids=torch.tensor(batch["decoder_input_tokens"],
                                                dtype=torch.long))
   out.loss.backward()
-  return float(out.loss), weight.grad.detach().numpy().copy()
+  return float(out.loss.detach()), weight.grad.detach().numpy().copy()
 
 
 def _our_loss_and_grad(method, trainables, params, batch):

@@ -1,0 +1,27 @@
+"""Shipped notebooks are valid JSON notebooks whose code cells compile and
+only use names the package exports."""
+import ast
+import json
+import pathlib
+
+import pytest
+
+import ptuning_jax
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(REPO.glob("notebooks/*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_code_compiles_and_imports_exist(path):
+  nb = json.loads(path.read_text())
+  source = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+  tree = ast.parse(source)
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module == "ptuning_jax":
+      for alias in node.names:
+        assert (pathlib.Path(ptuning_jax.__file__).parent / f"{alias.name}.py").exists(), alias.name
+
+
+def test_there_is_a_notebook():
+  assert NOTEBOOKS
