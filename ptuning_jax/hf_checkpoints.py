@@ -287,7 +287,10 @@ class _TensorSource:
   def __init__(self, ckpt_dir: str, stack: contextlib.ExitStack):
     single = os.path.join(ckpt_dir, WEIGHTS_NAME)
     index = os.path.join(ckpt_dir, INDEX_NAME)
-    if os.path.exists(index):
+    if os.path.exists(single):  # transformers' order: single file first
+      handle = stack.enter_context(safe_open(single, framework="numpy"))
+      self._where = {name: handle for name in handle.keys()}
+    elif os.path.exists(index):
       weight_map = _read_json(index).get("weight_map")
       if not isinstance(weight_map, dict):
         raise ValueError(f"{index} has no 'weight_map' dict.")
@@ -306,9 +309,6 @@ class _TensorSource:
             raise CheckpointMismatchError(
                 f"{os.path.join(ckpt_dir, fname)} holds {name}, which {index} "
                 f"maps to {weight_map.get(name)!r}.")
-    elif os.path.exists(single):
-      handle = stack.enter_context(safe_open(single, framework="numpy"))
-      self._where = {name: handle for name in handle.keys()}
     else:
       raise FileNotFoundError(f"{ckpt_dir} has neither {WEIGHTS_NAME} nor {INDEX_NAME}.")
 
@@ -448,7 +448,11 @@ def load_params(ckpt_dir: str, config: Optional[t5.T5Config] = None, *,
         array = source.get(m.hf_name)
       array = _to_ours(array, m.kind, tuple(target.shape)).astype(target.dtype)
       sharding = None if shardings is None else _get_path(shardings, m.path)
-      _set_path(params, m.path, _place(array, sharding))
+      try:
+        _set_path(params, m.path, _place(array, sharding))
+      except ValueError as e:  # e.g. a dim not divisible by its mesh axis
+        raise ValueError(f"Cannot place {m.hf_name} as {'/'.join(m.path)} "
+                         f"{array.shape} with {sharding}: {e}") from e
       del array
   return params
 

@@ -21,7 +21,19 @@ Parameter tree (`params[...]`):
   decoder/decoder_norm/scale [H]
   logits_dense/kernel [H, V]          (untied models only)
 
-Every field of `hooks.Hooks` is honoured; empty hooks give the plain model.
+Every field of `hooks.Hooks` is honoured; empty hooks give the plain model:
+  * encoder_inputs: applied to the embedded encoder input; the returned mask
+    is the encoder mask (self- and cross-attention) from then on.
+  * decoder_prefix: prepended to the embedded decoder input; relative
+    positions and causal masking include it; its logits are dropped.
+  * kv_prefixes: per layer keys/values prepended at "encoder",
+    "decoder_self", "decoder_cross"; always attended, zero position bias;
+    (IA)^3 scales do not apply to them.
+  * layer_inputs: hidden states entering layers > 0 of each stack. The
+    decoder passes an all-ones mask; in cached decoding the hook sees only
+    the new positions, so it must act position-wise there.
+  * scales: multiply the projected keys / values and the MLP hidden
+    activation (after the activation, before `wo`).
 
 Dimension letters:
   B batch, T encoder length, S decoder length, P prompt / prefix length,

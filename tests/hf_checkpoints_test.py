@@ -304,3 +304,9 @@ def test_load_places_tensors_into_their_shardings(tmp_path, shape):
   assert spec(params["decoder"]["layers_2"]["mlp"]["wo"]["kernel"])[0] == model_axis
   for leaf in jax.tree_util.tree_leaves(params):
     assert leaf.sharding.mesh.shape == dict(zip(("data", "model"), shape))
+
+
+def test_indivisible_sharding_names_the_tensor(ckpts):
+  # tiny: vocab 101 and 3 heads cannot be split over model=4.
+  with pytest.raises(ValueError, match=r"Cannot place shared.weight as token_embedder/embedding"):
+    hf_checkpoints.load_params(ckpts["t5_1_1"], mesh=partitioning.make_mesh(2, 4))

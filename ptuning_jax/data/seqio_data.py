@@ -11,16 +11,36 @@ batch.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
-from typing import Mapping, Optional, Sequence
+import re
+from typing import Iterator, Mapping, Optional, Sequence
 
 import jax
 import seqio
+import tensorflow as tf
 
 from ptuning_jax import evaluation
 from ptuning_jax import input_pipeline
 from ptuning_jax.data import labels as labels_lib
 from ptuning_jax.data import loading
+
+
+class DataError(ValueError):
+  """Reading a task's data failed; the message names the file and line."""
+
+
+@contextlib.contextmanager
+def _readable_errors(task: str, split: str) -> Iterator[None]:
+  """TF wraps errors raised inside tf.data generators in an OpError whose
+  message buries the original; re-raise the original line, naming the task."""
+  try:
+    yield
+  except tf.errors.OpError as e:
+    lines = [l.strip() for l in str(e.message).splitlines() if l.strip()]
+    cause = next((l for l in lines if re.search(r"\w+Error: ", l)), lines[0] if lines else str(e))
+    cause = re.sub(r"^.*?\}\}\s*", "", cause)
+    raise DataError(f"task {task!r} split {split!r}: {cause}") from None
 
 
 class SeqioData:
@@ -63,8 +83,9 @@ class SeqioData:
     self._eval_cache: dict = {}
 
   def train_iterator(self):
-    arrays = loading.task_arrays(self.task, self.train_split, self.feature_lengths,
-                                 max_examples=self.max_train_examples)
+    with _readable_errors(self.task, self.train_split):
+      arrays = loading.task_arrays(self.task, self.train_split, self.feature_lengths,
+                                   max_examples=self.max_train_examples)
     kwargs = dict(process_index=jax.process_index(),
                   process_count=jax.process_count())
     if isinstance(arrays, loading.MixtureArrays):
@@ -79,9 +100,10 @@ class SeqioData:
                        f"({[t.name for t in self.provider.tasks]}).")
     key = (split, max_examples)
     if key not in self._eval_cache:
-      self._eval_cache[key] = loading.load_eval_set(
-          self.task, split, self.feature_lengths, max_examples=max_examples,
-          label_strings=self.label_strings)
+      with _readable_errors(self.task, split):
+        self._eval_cache[key] = loading.load_eval_set(
+            self.task, split, self.feature_lengths, max_examples=max_examples,
+            label_strings=self.label_strings)
     es = self._eval_cache[key]
     rank = None
     if es.candidate_targets is not None:

@@ -129,6 +129,9 @@ class MultiTaskPrompt(nn.Module):
         index = jnp.zeros((x.shape[0],), jnp.int32)
       else:
         index = batch[TASK_INDEX]
+        if tuple(index.shape) != (x.shape[0],):
+          raise ValueError(f"MultiTaskPrompt: batch feature {TASK_INDEX!r} has shape "
+                           f"{tuple(index.shape)}; expected [B={x.shape[0]}].")
       prompt = combine_prompts(shared, tasks, index, combine)  # [B, P', H]
       return combine_inputs(prompt, x, tokens, mask)
 

@@ -59,7 +59,8 @@ def test_offset_math_and_zero_init():
   mask = np.ones((2, 6), bool)
   hk = method.apply({"params": trainables}, 2)
   out, out_mask = hk.encoder_inputs(x, tokens, mask)
-  np.testing.assert_array_equal(out[:, :M], np.broadcast_to(trainables["prompt"], (2, M, cfg.d_model)))
+  np.testing.assert_array_equal(
+      out[:, :M], np.broadcast_to(trainables["prompt"], (2, M, cfg.d_model)))
   np.testing.assert_array_equal(out[:, M:], x)  # B = 0: bit for bit
   assert out_mask.shape == (2, M + 6) and out_mask.all()
   trainables = dict(trainables, low_rank_b=np.random.default_rng(1).normal(

@@ -1,5 +1,4 @@
 """Residual prompt tuning: the reparameterisation, its count, folding, training."""
-import jax
 import numpy as np
 import pytest
 
