@@ -306,7 +306,12 @@ def test_load_places_tensors_into_their_shardings(tmp_path, shape):
     assert leaf.sharding.mesh.shape == dict(zip(("data", "model"), shape))
 
 
-def test_indivisible_sharding_names_the_tensor(ckpts):
-  # tiny: vocab 101 and 3 heads cannot be split over model=4.
-  with pytest.raises(ValueError, match=r"Cannot place shared.weight as token_embedder/embedding"):
-    hf_checkpoints.load_params(ckpts["t5_1_1"], mesh=partitioning.make_mesh(2, 4))
+def test_indivisible_dims_are_replicated(ckpts):
+  # tiny: vocab 101 and 3 heads cannot be split over model=4; d_ff=20 can.
+  params = hf_checkpoints.load_params(ckpts["t5_1_1"], mesh=partitioning.make_mesh(2, 4))
+  _, plain = hf_checkpoints.load_checkpoint(ckpts["t5_1_1"])
+  _assert_trees_equal(params, plain)
+  layer = params["encoder"]["layers_0"]
+  assert params["token_embedder"]["embedding"].sharding.spec[0] is None
+  assert layer["attention"]["query"]["kernel"].sharding.spec[1] is None
+  assert layer["mlp"]["wi_0"]["kernel"].sharding.spec[1] == "model"
