@@ -85,14 +85,22 @@ def _batches(dataset, batch_size):
     yield batch, mask
 
 
+TARGET_FEATURES = ("decoder_input_tokens", "decoder_target_tokens",
+                   "decoder_loss_weights")
+
+
+def _inputs_only(batch):
+  """The batch without target features: what decoding and scoring may see
+  (the inputs and per-example method features such as `task_index`)."""
+  return {k: v for k, v in batch.items() if k not in TARGET_FEATURES}
+
+
 def predict(run, params, dataset, batch_size: int, max_decode_length: int) -> np.ndarray:
   """Greedy predictions [N, S] for every example of `dataset`, in order."""
   out = []
   for batch, mask in _batches(dataset, batch_size):
-    tokens = run.trainer.place_batch(
-        {"encoder_input_tokens": batch["encoder_input_tokens"]})
-    ids = run.trainer.predict(params, run.backbone.params,
-                              tokens["encoder_input_tokens"], max_decode_length)
+    inputs = run.trainer.place_batch(_inputs_only(batch))
+    ids = run.trainer.predict(params, run.backbone.params, inputs, max_decode_length)
     out.append(np.asarray(jax.device_get(ids))[mask])
   return np.concatenate(out)
 
@@ -102,10 +110,8 @@ def rank_scores(run, params, dataset, batch_size: int,
   """Rank-classification scores [N, C]."""
   out = []
   for batch, mask in _batches(dataset, batch_size):
-    tokens = run.trainer.place_batch(
-        {"encoder_input_tokens": batch["encoder_input_tokens"]})
-    scores = run.trainer.rank_classify(params, run.backbone.params,
-                                       tokens["encoder_input_tokens"], candidates)
+    inputs = run.trainer.place_batch(_inputs_only(batch))
+    scores = run.trainer.rank_classify(params, run.backbone.params, inputs, candidates)
     out.append(np.asarray(jax.device_get(scores))[mask])
   return np.concatenate(out)
 

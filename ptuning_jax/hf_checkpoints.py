@@ -323,11 +323,10 @@ class _TensorSource:
 
 
 def _abstract_params(config: t5.T5Config):
-  """(shapes/dtypes tree, logical spec tree) of the model's params, no FLOPs."""
+  """Boxed (logically partitioned) shapes/dtypes of the model's params, no FLOPs."""
   dummy = jnp.ones((1, 1), jnp.int32)
-  boxed = jax.eval_shape(
+  return jax.eval_shape(
       lambda: t5.T5(config).init(jax.random.PRNGKey(0), dummy, dummy)["params"])
-  return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
 
 
 def _get_path(tree: Mapping, path: tuple[str, ...]):
@@ -409,7 +408,8 @@ def load_params(ckpt_dir: str, config: Optional[t5.T5Config] = None, *,
     ckpt_dir: HF checkpoint directory.
     config: the model config; default `load_config(ckpt_dir)`.
     mesh: place every tensor directly into its NamedSharding on this mesh
-      (derived from the model's logical axes); default: the default device.
+      (`partitioning.param_shardings` of the model's logical axes: a dim its
+      mesh axes do not divide is replicated); default: the default device.
     rules: logical axis rules; default `partitioning.standard_logical_axis_rules()`.
     param_dtype: storage dtype; default `config.param_dtype`.
   Returns:
@@ -421,15 +421,12 @@ def load_params(ckpt_dir: str, config: Optional[t5.T5Config] = None, *,
   config = config or load_config(ckpt_dir)
   if param_dtype is not None:
     config = dataclasses.replace(config, param_dtype=param_dtype)
-  abstract, specs = _abstract_params(config)
+  boxed = _abstract_params(config)
+  abstract = nn.meta.unbox(boxed)
   shardings = None
-  if mesh is not None:
+  if mesh is not None:  # dims their mesh axes do not divide are replicated
     rules = partitioning.standard_logical_axis_rules() if rules is None else rules
-    shardings = partitioning.param_shardings(
-        jax.tree_util.tree_map(
-            lambda a, sp: nn.Partitioned(a, tuple(sp)) if len(sp) else a,
-            abstract, specs, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)),
-        mesh, rules)
+    shardings = partitioning.param_shardings(boxed, mesh, rules)
   maps = tensor_maps(config)
   params: dict = {}
   with contextlib.ExitStack() as stack:

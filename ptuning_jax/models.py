@@ -137,10 +137,15 @@ class PromptModel:
   # ---- inference ----
 
   def predict_batch(self, trainables: Params, frozen: Params,
-                    encoder_input_tokens: Array, max_decode_length: int,
+                    batch: Mapping[str, Array], max_decode_length: int,
                     eos_id: int = 1) -> Array:
-    """Greedy decodes [B, S] with the method's hooks."""
-    hk = self.hooks(trainables, encoder_input_tokens.shape[0])
+    """Greedy decodes [B, S] with the method's hooks.
+
+    `batch` holds `encoder_input_tokens` [B, T] and any per-example features
+    the method reads (e.g. `task_index` [B]).
+    """
+    encoder_input_tokens = batch["encoder_input_tokens"]
+    hk = self.hooks(trainables, encoder_input_tokens.shape[0], batch=batch)
     return decoding.greedy_decode(
         self.backbone, frozen, encoder_input_tokens,
         max_decode_length=max_decode_length, hooks=hk, eos_id=eos_id)
@@ -155,8 +160,10 @@ class PromptModel:
         batch["decoder_target_tokens"], batch["decoder_loss_weights"], hooks=hk)
 
   def rank_classify(self, trainables: Params, frozen: Params,
-                    encoder_input_tokens: Array, candidate_targets: Array) -> Array:
-    """Scores [B, C]: log-likelihood of each candidate target [C, S]."""
-    hk = self.hooks(trainables, encoder_input_tokens.shape[0])
+                    batch: Mapping[str, Array], candidate_targets: Array) -> Array:
+    """Scores [B, C]: log-likelihood of each candidate target [C, S] for the
+    inputs `batch["encoder_input_tokens"]` [B, T] (plus method features)."""
+    encoder_input_tokens = batch["encoder_input_tokens"]
+    hk = self.hooks(trainables, encoder_input_tokens.shape[0], batch=batch)
     return decoding.rank_classify(self.backbone, frozen, encoder_input_tokens,
                                   candidate_targets, hooks=hk)

@@ -167,7 +167,7 @@ class Trainer:
   def eval_step(self, params: Params, frozen: Params, batch):
     return self._run(self._eval_step, params, frozen, batch)
 
-  def predict(self, params, frozen, encoder_input_tokens, max_decode_length: int,
+  def predict(self, params, frozen, batch, max_decode_length: int,
               eos_id: int = 1):
     """Greedy decodes [B, S]; one compilation per (length, eos id)."""
     key = (max_decode_length, eos_id)
@@ -177,10 +177,10 @@ class Trainer:
                             max_decode_length=max_decode_length, eos_id=eos_id),
           in_shardings=(self.replicated, self.frozen_shardings, self.batch_sharding),
           out_shardings=self.batch_sharding)
-    return self._run(self._predict_fns[key], params, frozen, encoder_input_tokens)
+    return self._run(self._predict_fns[key], params, frozen, batch)
 
-  def rank_classify(self, params, frozen, encoder_input_tokens, candidates):
-    return self._run(self._rank, params, frozen, encoder_input_tokens, candidates)
+  def rank_classify(self, params, frozen, batch, candidates):
+    return self._run(self._rank, params, frozen, batch, candidates)
 
   @property
   def train_step_cache_size(self) -> int:
