@@ -7,6 +7,7 @@
   ptuning-jax tasks [--module M]            # registered tasks and mixtures
   ptuning-jax inspect TASK [--split S] [-n N]
   ptuning-jax bench [...]                   # synthetic-batch benchmark
+  ptuning-jax experiments --gin_file=...    # method x task x seed grid (BERT family)
 
 Every gin-driven command takes `--gin_file` (repeatable), `--gin.NAME=VALUE`
 bindings and `--gin_search_paths` (comma-separated). Kept thin: the work is in
@@ -88,7 +89,13 @@ def _bench(argv):
   bench.main(argv)
 
 
-COMMANDS = {"tasks": _tasks, "inspect": _inspect, "demo": _demo, "bench": _bench}
+def _experiments(argv):
+  from ptuning_jax import experiments
+  experiments.main(argv)
+
+
+COMMANDS = {"tasks": _tasks, "inspect": _inspect, "demo": _demo, "bench": _bench,
+            "experiments": _experiments}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -36,6 +36,10 @@ SCALE_SITES = (
 )
 
 
+# Where prefix keys sit for the relative position bias (see KVPrefix).
+PREFIX_POSITIONS = ("none", "past")
+
+
 @dataclasses.dataclass(frozen=True)
 class KVPrefix:
   """Per-layer key/value prefixes for one attention site.
@@ -43,12 +47,24 @@ class KVPrefix:
   Attributes:
     key: [L, B, Pk, N, D] keys prepended to the site's keys in every layer.
     value: [L, B, Pk, N, D] values prepended likewise.
-  Prefix positions are always attended (mask 1) and receive zero relative
-  position bias; queries never attend "from" them, so output lengths do not
-  change.
+    positions: how a relative-position-bias backbone (T5) places the prefix:
+      "none" (default): prefix keys get zero position bias;
+      "past": they occupy positions -Pk .. -1 before the sequence, so query
+      q and prefix key j get the bias of distance (j - Pk) - q, exactly what
+      transformers' T5 does with a `past_key_values` cache of Pk entries
+      (Hugging Face PEFT prefix tuning). Attention sites without a position
+      bias (T5 cross-attention, BERT) ignore it.
+  Prefix positions are always attended (mask 1); queries never attend "from"
+  them, so output lengths do not change.
   """
   key: Array
   value: Array
+  positions: str = "none"
+
+  def __post_init__(self):
+    if self.positions not in PREFIX_POSITIONS:
+      raise ValueError(f"KVPrefix.positions={self.positions!r}; expected one of "
+                       f"{PREFIX_POSITIONS}.")
 
 
 @dataclasses.dataclass(frozen=True)

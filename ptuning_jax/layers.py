@@ -310,7 +310,7 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array],
-               mask: Optional[Array], kv_prefix: Optional[tuple[Array, Array]] = None,
+               mask: Optional[Array], kv_prefix: Optional[tuple[Array, ...]] = None,
                k_scale: Optional[Array] = None, v_scale: Optional[Array] = None, *,
                deterministic: bool = True, decode_mode: Optional[str] = None,
                cache_index: Optional[Array] = None) -> Array:
@@ -322,7 +322,9 @@ class MultiHeadAttention(nn.Module):
       bias: [1 or B, N, Q, K] float32 additive bias, or None.
       mask: [B or 1, 1 or N, Q or 1, K] bool, True = attend; None = all.
       kv_prefix: (key, value), each [B or 1, P, N, D], prepended to the keys
-        and values; always attended, zero bias.
+        and values; always attended, zero bias. A third entry, the prefix
+        bias [1 or B, N, Q, P], gives the prefix keys that bias instead
+        (used only where `bias` is given).
       k_scale: [N * D] (IA)^3 rescaling of the projected keys.
       v_scale: [N * D] rescaling of the projected values.
       deterministic: disables dropout.
@@ -484,11 +486,13 @@ def fused_attention(query: Array, key: Array, value: Array, bias: Optional[Array
       implementation="xla" if implementation == "fused_xla" else "cudnn")
 
 
-def _prepend_prefix(kv_prefix: tuple[Array, Array], key: Array, value: Array,
+def _prepend_prefix(kv_prefix: tuple[Array, ...], key: Array, value: Array,
                     bias: Optional[Array], mask: Optional[Array], q_len: int,
                     dtype: DType):
-  """Prepends prefix keys/values [B|1, P, N, D]; extends bias (zeros) and mask (ones)."""
-  prefix_key, prefix_value = kv_prefix
+  """Prepends prefix keys/values [B|1, P, N, D]; extends bias (zeros, or the
+  optional third entry [1|B, N, Q, P] of `kv_prefix`) and mask (ones)."""
+  prefix_key, prefix_value = kv_prefix[:2]
+  prefix_bias = kv_prefix[2] if len(kv_prefix) > 2 else None
   batch = key.shape[0]
   shape = (batch,) + tuple(prefix_key.shape[1:])  # [B, P, N, D]
   if prefix_key.shape[0] not in (1, batch) or shape[2:] != key.shape[2:]:
@@ -502,9 +506,15 @@ def _prepend_prefix(kv_prefix: tuple[Array, Array], key: Array, value: Array,
   value = jnp.concatenate(
       [jnp.broadcast_to(prefix_value.astype(dtype), shape), value], 1)
   if bias is not None:
-    zeros = jnp.zeros(bias.shape[:2] + (q_len, plen), bias.dtype)
-    bias = jnp.concatenate([zeros, jnp.broadcast_to(
-        bias, bias.shape[:2] + (q_len, bias.shape[3]))], -1)  # [., N, Q, P + K]
+    if prefix_bias is None:
+      prefix_bias = jnp.zeros(bias.shape[:2] + (q_len, plen), bias.dtype)
+    elif prefix_bias.shape[2:] != (q_len, plen):
+      raise ValueError(f"kv prefix bias of shape {prefix_bias.shape} does not fit "
+                       f"{q_len} queries and a prefix of {plen} keys.")
+    lead = jnp.broadcast_shapes(bias.shape[:2], prefix_bias.shape[:2])
+    bias = jnp.concatenate(
+        [jnp.broadcast_to(prefix_bias.astype(bias.dtype), lead + (q_len, plen)),
+         jnp.broadcast_to(bias, lead + (q_len, bias.shape[3]))], -1)  # [., N, Q, P + K]
   if mask is not None:
     lead = mask.shape[:2] + (q_len,)
     mask = jnp.concatenate(

@@ -178,5 +178,8 @@ def activate(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
   Logical constraints inside modules (`nn.with_logical_constraint`) resolve
   against these. Use it around every call of a jitted step.
   """
-  with mesh, nn.logical_axis_rules(list(rules)):
+  # `jax.set_mesh` also sets the abstract mesh that sharding constraints
+  # resolve against; a bare `with mesh:` leaves them silently inert.
+  set_mesh = getattr(jax, "set_mesh", None)
+  with (set_mesh(mesh) if set_mesh else mesh), nn.logical_axis_rules(list(rules)):
     yield

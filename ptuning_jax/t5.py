@@ -27,7 +27,9 @@ Every field of `hooks.Hooks` is honoured; empty hooks give the plain model:
   * decoder_prefix: prepended to the embedded decoder input; relative
     positions and causal masking include it; its logits are dropped.
   * kv_prefixes: per layer keys/values prepended at "encoder",
-    "decoder_self", "decoder_cross"; always attended, zero position bias;
+    "decoder_self", "decoder_cross"; always attended; zero position bias, or
+    with `positions="past"` the bias of positions -P .. -1 before the
+    sequence (self-attention sites; cross-attention has no position bias);
     (IA)^3 scales do not apply to them.
   * layer_inputs: hidden states entering layers > 0 of each stack. The
     decoder passes an all-ones mask; in cached decoding the hook sees only
@@ -288,8 +290,28 @@ def _layer_scales(hooks: hooks_lib.Hooks, stack: str, names: tuple[str, ...],
   return out
 
 
-def _kv(prefix: Optional[hooks_lib.KVPrefix], i: int):
-  return None if prefix is None else (prefix.key[i], prefix.value[i])
+def _kv(prefix: Optional[hooks_lib.KVPrefix], i: int,
+        prefix_bias: Optional[Array] = None):
+  if prefix is None:
+    return None
+  if prefix_bias is None:
+    return prefix.key[i], prefix.value[i]
+  return prefix.key[i], prefix.value[i], prefix_bias
+
+
+def _prefix_bias(relpos: nn.Module, prefix: Optional[hooks_lib.KVPrefix],
+                 q_len: int, k_len: int, q_offset: Any = 0) -> Optional[Array]:
+  """[1, N, Q, P] bias of prefix keys at positions -P .. -1, or None.
+
+  Only for `positions="past"`: the queries (at q_offset + [0, Q)) and keys
+  [0, K) shift by P so the prefix occupies [0, P), which is how transformers'
+  T5 biases a `past_key_values` cache of P entries.
+  """
+  if prefix is None or prefix.positions == "none":
+    return None
+  plen = prefix.key.shape[2]
+  full = relpos(q_len, plen + k_len, q_offset=plen + q_offset)  # [1, N, Q, P + K]
+  return full[..., :plen]
 
 
 def _layer_class(cls, config: T5Config, static_argnums: tuple[int, ...],
@@ -395,12 +417,14 @@ class Encoder(nn.Module):
     cfg = self.config
     num_layers = cfg.num_encoder_layers
     length = x.shape[1]
-    bias = layers.RelativePositionBias(
+    relpos = layers.RelativePositionBias(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, bidirectional=True, param_dtype=cfg.params_dtype,
-        name="relpos_bias")(length, length)  # [1, N, T, T]
+        name="relpos_bias")
+    bias = relpos(length, length)  # [1, N, T, T]
     attention_mask = mask[:, None, None, :]  # [B, 1, 1, T]
     prefix = _layer_prefix(hooks, "encoder", num_layers, cfg)
+    prefix_bias = _prefix_bias(relpos, prefix, length, length)  # [1, N, T, P]
     scales = _layer_scales(hooks, "encoder", ("k", "v", "mlp"), num_layers, cfg)
     layer_cls = _layer_class(EncoderLayer, cfg, static_argnums=(6,))
     x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
@@ -409,7 +433,7 @@ class Encoder(nn.Module):
       if i > 0 and hooks.layer_inputs is not None:
         x = _checked_layer_inputs(hooks, "encoder", i, x, mask)
       x = layer_cls(cfg, name=f"layers_{i}")(
-          x, bias, attention_mask, _kv(prefix, i),
+          x, bias, attention_mask, _kv(prefix, i, prefix_bias),
           {k: v[i] for k, v in scales.items()}, deterministic)
     x = _norm(cfg, "encoder_norm")(x)
     return nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
@@ -438,7 +462,7 @@ class Decoder(nn.Module):
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, bidirectional=False, param_dtype=cfg.params_dtype,
         name="relpos_bias")
-    decode_mode, cache_index = None, None
+    decode_mode, cache_index, key_length = None, None, length
     if decode:
       decode_mode = "step" if self.has_variable("cache", "index") else "init"
       index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
@@ -449,12 +473,16 @@ class Decoder(nn.Module):
       self_mask = (jnp.arange(max_length)[None, :]
                    <= positions[:, None])[None, None]  # [1, 1, S, K]
       self_bias = relpos(length, max_length, q_offset=cache_index)
+      key_length = max_length
       index.value = cache_index + length
     else:
       self_mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
       self_bias = relpos(length, length)  # [1, N, S, S]
     cross_mask = encoder_mask[:, None, None, :]  # [B, 1, 1, T]
     self_prefix = _layer_prefix(hooks, "decoder_self", num_layers, cfg)
+    self_prefix_bias = _prefix_bias(
+        relpos, self_prefix, length, key_length,
+        0 if cache_index is None else cache_index)  # [1, N, S, P]
     cross_prefix = _layer_prefix(hooks, "decoder_cross", num_layers, cfg)
     scales = _layer_scales(hooks, "decoder",
                            ("self_k", "self_v", "cross_k", "cross_v", "mlp"),
@@ -467,7 +495,8 @@ class Decoder(nn.Module):
       if i > 0 and hooks.layer_inputs is not None:
         y = _checked_layer_inputs(hooks, "decoder", i, y, token_mask)
       y = layer_cls(cfg, name=f"layers_{i}")(
-          y, encoded, self_bias, self_mask, cross_mask, _kv(self_prefix, i),
+          y, encoded, self_bias, self_mask, cross_mask,
+          _kv(self_prefix, i, self_prefix_bias),
           _kv(cross_prefix, i), {k: v[i] for k, v in scales.items()},
           cache_index, deterministic, decode_mode)
     y = _norm(cfg, "decoder_norm")(y)

@@ -65,13 +65,20 @@ def build_run(*, backbone: backbones.BackboneSpec, method: Callable[..., Any],
               data: Any, optimizer: optimizers.OptimizerConfig,
               mesh: MeshConfig = MeshConfig(), seed: int = 42,
               num_microbatches: int = 1, z_loss: float = 0.0,
-              deterministic: bool = False) -> Run:
-  """Mesh, backbone, method, optimizer and jitted steps; a fresh train state."""
+              deterministic: bool = False,
+              model_factory: Callable[..., models.PromptModel] = models.PromptModel
+              ) -> Run:
+  """Mesh, backbone, method, optimizer and jitted steps; a fresh train state.
+
+  `model_factory(backbone_module, method, z_loss=...)` builds the model
+  (default `models.PromptModel`; e.g. MPT's distillation model overrides its
+  loss).
+  """
   mesh_ = partitioning.make_mesh(mesh.data, mesh.model)
   rules = partitioning.standard_logical_axis_rules(fsdp=mesh.fsdp)
   bb = backbones.load(backbone, mesh_, rules)
-  model = models.PromptModel(bb.module, method(backbone_config=bb.config),
-                             z_loss=z_loss)
+  model = model_factory(bb.module, method(backbone_config=bb.config),
+                        z_loss=z_loss)
   context = prompts.InitContext(embedding=np.asarray(bb.embedding, np.float32),
                                 vocab=data.vocab)
   trainables = model.init_trainables(jax.random.key(seed), context)
@@ -101,13 +108,16 @@ def train(*, model_dir: str, backbone: backbones.BackboneSpec,
           checkpoint_every: int = 0, keep_checkpoints: int = 3,
           log_every: int = 10, mesh: MeshConfig = MeshConfig(), seed: int = 42,
           num_microbatches: int = 1, z_loss: float = 0.0,
-          progress_bar: bool = True) -> dict:
-  """Prompt-tunes `method` on `data` over a frozen `backbone`; returns final metrics."""
+          progress_bar: bool = True,
+          model_factory: Callable[..., models.PromptModel] = models.PromptModel
+          ) -> dict:
+  """Prompt-tunes `method` on `data` over a frozen `backbone`; returns final
+  metrics. `model_factory`: see `build_run`."""
   os.makedirs(model_dir, exist_ok=True)
   gin_utils.write_config(model_dir, "config.gin")
   run = build_run(backbone=backbone, method=method, data=data, optimizer=optimizer,
                   mesh=mesh, seed=seed, num_microbatches=num_microbatches,
-                  z_loss=z_loss)
+                  z_loss=z_loss, model_factory=model_factory)
   writer = summaries.MetricWriter(model_dir)
   report = parameter_report(run)
   log.info("trainable params %d (%.6f%% of %d)", report["trainable_params"],

@@ -12,6 +12,7 @@ import pytest
 
 from ptuning_jax import hf_checkpoints
 from ptuning_jax import hooks as hooks_lib
+from ptuning_jax import layers
 from ptuning_jax import t5
 from ptuning_jax import testing
 
@@ -237,7 +238,7 @@ def test_hf_parity_encoder_and_logits_padded_batch(hf_models, name):
   np.testing.assert_allclose(np.asarray(logits), want_logits, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(PARITY_CONFIGS))
+@pytest.mark.parametrize("name", ["original_odd", "t5_1_1_odd"])  # tiny: see hooks tests
 def test_cached_decoding_matches_full_pass(hf_models, name):
   config, _, params = hf_models[name]
   enc, dec = _batch(config, seed=2)
@@ -270,13 +271,6 @@ def _check_cached_matches_full(config, params, enc, dec, hooks, chunks=None):
                                rtol=1e-5, atol=1e-5)
     start += size
   assert start == dec.shape[1]
-
-
-def test_cached_decoding_in_uneven_chunks():
-  config = testing.tiny_config()
-  params = testing.init_params(config, seed=1)
-  enc, dec = _batch(config, seed=3, dec_len=7)
-  _check_cached_matches_full(config, params, enc, dec, hooks_lib.NO_HOOKS, chunks=[3, 1, 2, 1])
 
 
 # -------------------------------------------------------------- hooks ----
@@ -512,3 +506,17 @@ def test_dropout(tiny):
   a, b = run(jax.random.key(1, impl="rbg")), run(jax.random.key(2, impl="rbg"))
   assert np.abs(np.asarray(a) - plain).max() > 1e-3
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+
+
+def test_fused_attention_impls_match_the_xla_path(tiny):
+  config, params, enc, dec = tiny
+  hooks = hooks_lib.Hooks(kv_prefixes=_kv_hooks(config, batch=1))
+  want = _apply(config, params, enc, dec, hooks=hooks, jit=True)
+  fused = dataclasses.replace(config, attention_impl="fused_xla")
+  np.testing.assert_allclose(
+      np.asarray(_apply(fused, params, enc, dec, hooks=hooks, jit=True)),
+      np.asarray(want), rtol=1e-5, atol=1e-5)
+  if jax.default_backend() == "cpu":
+    assert layers.select_attention_impl("auto", jnp.bfloat16, 64) == "xla"
+    with pytest.raises(ValueError, match="attention_impl='cudnn' cannot be used"):
+      layers.select_attention_impl("cudnn", jnp.bfloat16, 64)

@@ -26,9 +26,10 @@ carries only 2 L P N D numbers per site.
 Prefix dropout (P-Tuning v2 applies dropout to its `past_key_values`):
 `dropout_rate` drops prefix entries independently per example.
 
-Relative position bias: our hook gives prefix positions zero bias. PEFT /
-transformers feed the prefix as a past key/value cache, which T5 treats as
-real earlier positions (see `tests/methods/peft_parity_test.py`).
+Relative position bias: by default (`positions="none"`) prefix keys get zero
+bias. PEFT / transformers feed the prefix as a past key/value cache, which T5
+treats as real earlier positions -P .. -1; `positions="past"` does the same
+(`hooks.KVPrefix.positions`; see `tests/methods/peft_parity_test.py`).
 """
 from __future__ import annotations
 
@@ -103,6 +104,9 @@ class PrefixTuning(nn.Module):
     dropout_rate: prefix dropout during training.
     initializer: of the direct prefixes or of the MLP's input embedding;
       default N(0, 1) (`torch.nn.Embedding`, as in P-Tuning v2 and PEFT).
+    positions: relative-position placement of the prefix keys
+      (`hooks.PREFIX_POSITIONS`): "none" (zero bias) or "past" (positions
+      -P .. -1, as transformers' T5 treats PEFT's prefix cache).
   """
   backbone_config: Any
   length: int = 20
@@ -111,6 +115,7 @@ class PrefixTuning(nn.Module):
   dropout_rate: float = 0.0
   initializer: prompts.Initializer = dataclasses.field(
       default_factory=lambda: prompts.normal(1.0))
+  positions: str = "none"
 
   def _check(self) -> None:
     common.check_positive("PrefixTuning", length=self.length)
@@ -119,6 +124,8 @@ class PrefixTuning(nn.Module):
       raise ValueError(f"PrefixTuning.sites={sites!r} must be non-empty and unique.")
     for site in sites:
       common.check_choice("PrefixTuning", "sites", site, hooks_lib.KV_SITES)
+    common.check_choice("PrefixTuning", "positions", self.positions,
+                        hooks_lib.PREFIX_POSITIONS)
     if self.projection_hidden < 0:
       raise ValueError(f"PrefixTuning.projection_hidden={self.projection_hidden} "
                        "must be >= 0.")
@@ -146,7 +153,8 @@ class PrefixTuning(nn.Module):
       if self.dropout_rate:
         key = dropout(key, deterministic=deterministic)
         value = dropout(value, deterministic=deterministic)
-      kv_prefixes[site] = hooks_lib.KVPrefix(key=key, value=value)
+      kv_prefixes[site] = hooks_lib.KVPrefix(key=key, value=value,
+                                             positions=self.positions)
     return hooks_lib.Hooks(kv_prefixes=kv_prefixes)
 
 

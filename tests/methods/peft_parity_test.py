@@ -26,28 +26,42 @@ at positions P .. P + S - 1 and the layer-0 `compute_bias` runs with
 relative-position bias of distance q + P - j. Our `KVPrefix` hook gives
 prefix keys zero bias (decoder-token biases depend only on q - k and agree).
 The effective PEFT method is therefore `PrefixTuning(sites=("decoder_self",))`
-with that layer mapping, and parity holds exactly once HF's prefix bias
-columns are zeroed; `test_prefix_tuning_transformers_prefix_position_bias`
-pins down (c) and shows the losses differ without zeroing.
+with that layer mapping. With `positions="past"` (`hooks.KVPrefix`) our T5
+biases the prefix keys as positions -P .. -1, exactly (c), and parity holds
+with HF unpatched (`test_prefix_tuning_matches_peft_exactly`); with the
+default zero prefix bias it holds once HF's prefix bias columns are zeroed;
+`test_prefix_tuning_transformers_prefix_position_bias` pins down (c) and
+shows the losses differ without zeroing.
 
-(Multitask prompt tuning parity belongs with the MPT method.)
+Multitask prompt tuning (`MultitaskPromptTuningConfig`, RANDOM init: the
+embedding N(0, 1), factors N(0, 0.02)). Unlike prompt tuning, PEFT's
+seq2seq forward uses both halves of the 2 P-row task prompt
+embedding * (cols_k @ rows_k): rows [0, P) before the encoder input, rows
+[P, 2 P) before the decoder input (it derives the decoder inputs from the
+labels, -100 for the prompt positions). Ours: `mpt.MPT(decoder_length=P)`
+(a `decoder_prefix`); with `num_transformer_submodules=1`, `mpt.MPT()`.
 
 Dimension letters: B batch, T input length, S target length, P virtual
 tokens, L layers, N heads, D head dim, H d_model.
 """
+import dataclasses
 import functools
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import method_testing as mt
 from ptuning_jax import hf_checkpoints
+from ptuning_jax import hooks as hooks_lib
+from ptuning_jax import layers
 from ptuning_jax import models
 from ptuning_jax import prompts
 from ptuning_jax import t5
 from ptuning_jax import testing
+from ptuning_jax.methods import mpt
 from ptuning_jax.methods import prefix_tuning
 
 torch = pytest.importorskip("torch")
@@ -99,8 +113,8 @@ def _peft_loss_and_grad(model, batch):
 
 def _our_loss_and_grad(method, trainables, params, batch):
   model = models.PromptModel(t5.T5(CONFIG), method)
-  grad_fn = jax.value_and_grad(lambda tr: model.loss_fn(tr, params, batch)[0])
-  loss, grads = grad_fn(trainables)
+  grad_fn = jax.jit(jax.value_and_grad(lambda tr, b: model.loss_fn(tr, params, b)[0]))
+  loss, grads = grad_fn(trainables, batch)
   return float(loss), jax.tree_util.tree_map(np.asarray, grads)
 
 
@@ -228,7 +242,6 @@ def test_prefix_tuning_transformers_prefix_position_bias(checkpoint):
   table = params["decoder"]["relpos_bias"]["rel_embedding"]  # [R, N]
   q = np.arange(5)[:, None] + P
   k = np.arange(P + 5)[None, :]
-  from ptuning_jax import layers  # pylint: disable=g-import-not-at-top
   buckets = layers.relative_position_buckets(
       k - q, bidirectional=False, num_buckets=CONFIG.relative_attention_num_buckets,
       max_distance=CONFIG.relative_attention_max_distance)
@@ -236,3 +249,143 @@ def test_prefix_tuning_transformers_prefix_position_bias(checkpoint):
   # That bias is the only difference: without zeroing it the losses differ.
   loss, _ = _our_loss_and_grad(method, _prefix_from_peft(weight), params, batch)
   assert abs(loss - peft_loss) > 1e-3
+
+
+def test_prefix_tuning_matches_peft_exactly(checkpoint):
+  """`positions="past"`: no patching of transformers' position bias."""
+  model, weight, method, params = _prefix_setup(checkpoint)
+  method = method.clone(positions="past")
+  batch = _batch()
+  peft_loss, peft_grad = _peft_loss_and_grad(model, batch)
+  loss, grads = _our_loss_and_grad(method, _prefix_from_peft(weight), params, batch)
+  np.testing.assert_allclose(loss, peft_loss, atol=ATOL, rtol=0)
+  np.testing.assert_allclose(_grad_to_peft(grads), peft_grad, atol=ATOL, rtol=0)
+  assert np.abs(peft_grad).max() > 1e-3
+
+
+# ---------------------------- prefix positions --------------------------------
+
+
+def _random_prefix(num_layers, batch, positions, seed):
+  rng = np.random.default_rng(seed)
+  shape = (num_layers, batch, P, CONFIG.num_heads, CONFIG.d_kv)
+  return hooks_lib.KVPrefix(key=rng.standard_normal(shape).astype(np.float32),
+                            value=rng.standard_normal(shape).astype(np.float32),
+                            positions=positions)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_past_prefix_bias_is_the_bias_of_positions_before_the_sequence(bidirectional):
+  """t5._prefix_bias: query q, prefix key j -> table[bucket((j - P) - q)]."""
+  relpos = layers.RelativePositionBias(CONFIG.relative_attention_num_buckets,
+                                       CONFIG.relative_attention_max_distance,
+                                       CONFIG.num_heads, bidirectional=bidirectional)
+  table = np.random.default_rng(0).standard_normal(
+      (CONFIG.relative_attention_num_buckets, CONFIG.num_heads)).astype(np.float32)
+  prefix = _random_prefix(1, 1, "past", 0)
+  q_len, k_len, offset = 4, 9, 2
+
+  def bias(q_offset):
+    return relpos.apply({"params": {"rel_embedding": table}},
+                        method=lambda m: t5._prefix_bias(m, prefix, q_len, k_len, q_offset))
+  buckets = layers.relative_position_buckets(
+      (np.arange(P)[None, :] - P) - (np.arange(q_len)[:, None] + offset),
+      bidirectional=bidirectional, num_buckets=CONFIG.relative_attention_num_buckets,
+      max_distance=CONFIG.relative_attention_max_distance)
+  want = np.transpose(table[buckets], (2, 0, 1))[None]  # [1, N, Q, P]
+  np.testing.assert_array_equal(np.asarray(bias(offset)), want)
+  np.testing.assert_array_equal(np.asarray(jax.jit(bias)(jnp.int32(offset))), want)
+  none = dataclasses.replace(prefix, positions="none")
+  assert relpos.apply({"params": {"rel_embedding": table}},
+                      method=lambda m: t5._prefix_bias(m, none, q_len, k_len)) is None
+  with pytest.raises(ValueError, match="KVPrefix.positions='later'"):
+    dataclasses.replace(prefix, positions="later")
+
+
+def test_past_prefix_positions_change_self_attention_sites_only(checkpoint):
+  _, params = checkpoint
+  batch = _batch()
+  model = t5.T5(CONFIG)
+
+  def logits(site, positions):
+    layers_ = CONFIG.num_encoder_layers if site == "encoder" else CONFIG.num_decoder_layers
+    hooks = hooks_lib.Hooks(kv_prefixes={site: _random_prefix(layers_, 1, positions, 1)})
+    return np.asarray(model.apply({"params": params}, batch["encoder_input_tokens"],
+                                  batch["decoder_input_tokens"], hooks=hooks))
+  for site in ("encoder", "decoder_self"):
+    assert np.abs(logits(site, "past") - logits(site, "none")).max() > 1e-3, site
+  # Cross-attention has no position bias: "past" is "none" there.
+  np.testing.assert_array_equal(logits("decoder_cross", "past"),
+                                logits("decoder_cross", "none"))
+
+
+def test_past_prefix_cached_decoding_matches_full_pass(checkpoint):
+  """The traced (cache index) path gives the teacher-forced logits."""
+  _, params = checkpoint
+  batch = _batch()
+  enc, dec = batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+  hooks = hooks_lib.Hooks(kv_prefixes={
+      "decoder_self": _random_prefix(CONFIG.num_decoder_layers, enc.shape[0], "past", 2),
+      "encoder": _random_prefix(CONFIG.num_encoder_layers, 1, "past", 3)})
+  model = t5.T5(CONFIG)
+  variables = {"params": params}
+  full = model.apply(variables, enc, dec, hooks=hooks)
+  encoded, mask = model.apply(variables, enc, hooks=hooks, method=model.encode)
+  _, state = model.apply(variables, encoded, mask, dec, hooks=hooks, decode=True,
+                         method=model.decode, mutable=["cache"])
+  step = jax.jit(functools.partial(model.apply, method=model.decode, decode=True,
+                                   mutable=["cache"], hooks=hooks))
+  for i in range(dec.shape[1]):
+    out, state = step({"params": params, "cache": state["cache"]}, encoded, mask,
+                      dec[:, i:i + 1])
+    np.testing.assert_allclose(np.asarray(out), np.asarray(full[:, i:i + 1]),
+                               atol=1e-5, rtol=1e-5)
+
+
+# --------------------------- multitask prompt tuning ---------------------------
+
+
+@pytest.mark.parametrize("submodules", [2, 1])
+def test_multitask_prompt_tuning_matches_peft(checkpoint, submodules):
+  """`MultitaskPromptTuningConfig` (RANDOM init, K tasks, r ranks) equals
+  `mpt.MPT`. With PEFT's seq2seq default of two submodules the prompt and
+  column factors have 2 P rows: rows [0, P) of the task prompt go before the
+  encoder input, rows [P, 2 P) before the decoder input (labels -100 there):
+  `MPT(decoder_length=P)`. With one submodule: encoder only, P rows."""
+  path, params = checkpoint
+  num_tasks, ranks = 2, 2
+  config = peft.MultitaskPromptTuningConfig(
+      task_type="SEQ_2_SEQ_LM", num_virtual_tokens=P, num_tasks=num_tasks,
+      num_ranks=ranks, num_transformer_submodules=submodules)
+  model = _peft_model(path, config)
+  encoder = model.prompt_encoder["default"]
+  tensors = {"prompt": encoder.embedding.weight, "prefix_task_cols": encoder.prefix_task_cols,
+             "prefix_task_rows": encoder.prefix_task_rows}
+  trainables = {k: v.detach().numpy().copy() for k, v in tensors.items()}
+  assert trainables["prompt"].shape == (submodules * P, CONFIG.d_model)
+  assert trainables["prefix_task_cols"].shape == (num_tasks, submodules * P, ranks)
+  assert 0.5 < trainables["prompt"].std() < 1.5  # N(0, 1)
+  assert 0.01 < trainables["prefix_task_rows"].std() < 0.04  # N(0, 0.02)
+  batch = _batch()
+  task_ids = np.array([1, 0, 1, 1], np.int32)
+  enc = torch.tensor(batch["encoder_input_tokens"], dtype=torch.long)
+  labels = torch.tensor(batch["decoder_target_tokens"], dtype=torch.long)
+  labels[torch.tensor(batch["decoder_loss_weights"]) == 0] = -100
+  with warnings.catch_warnings():  # PEFT derives the decoder inputs from labels
+    warnings.simplefilter("ignore")
+    out = model(input_ids=enc, attention_mask=(enc != 0).long(), labels=labels,
+                task_ids=torch.tensor(task_ids, dtype=torch.long))
+  out.loss.backward()
+  peft_grads = {k: v.grad.detach().numpy() for k, v in tensors.items()}
+
+  method = mpt.MPT(CONFIG, num_tasks=num_tasks, length=P, rank=ranks,
+                   decoder_length=(submodules - 1) * P)
+  loss, grads = _our_loss_and_grad(method, trainables, params,
+                                   dict(batch, task_index=task_ids))
+  np.testing.assert_allclose(loss, float(out.loss.detach()), atol=ATOL, rtol=0)
+  for name, grad in grads.items():
+    np.testing.assert_allclose(grad, peft_grads[name], atol=ATOL, rtol=0, err_msg=name)
+    assert np.abs(grad).max() > 1e-6, name
+  decoder_rows = grads["prompt"][P:]
+  assert decoder_rows.shape[0] == (submodules - 1) * P
+  assert submodules == 1 or np.abs(decoder_rows).max() > 1e-6  # the decoder half learns

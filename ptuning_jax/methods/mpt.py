@@ -1,0 +1,553 @@
+"""MPT: multitask prompt tuning (Wang et al., ICLR 2023).
+
+Prompt decomposition. Task k's prompt is a shared prompt P* times a rank-r
+(the paper: rank-one) task-specific matrix, elementwise:
+
+  prompt_k = P* (elementwise) (U_k @ V_k)    P*: [P, H], U_k: [P, r], V_k: [r, H]
+
+(the paper's u_k v_k^T for r = 1). Parameter names follow Hugging Face
+PEFT's `MultitaskPromptEmbedding`: `prompt` (PEFT `embedding.weight`),
+`prefix_task_cols` [K, P, r] and `prefix_task_rows` [K, r, H], both
+N(0, 0.02) at random init. Trainable parameters: P H + K r (P + H); the
+target stage (K = 1, r = 1) at T5-Base, P = 100: 77,668 (the paper's 0.035%).
+
+Two stages:
+  1. Source training (`run_stage_one`): K source tasks, each example with its
+     `task_index` [B], and a prompt-tuned single-task teacher prompt per task
+     (`.npy` files). `DistillationModel` adds prompt distillation to the
+     student's cross-entropy,
+       L = L_PLM + lambda (L_Logits + L_Hidden),
+     L_Logits = KL(teacher || student) of the temperature-T output
+     distributions per target token, L_Hidden = mean squared difference of
+     the final encoder hidden states (input positions) and final decoder
+     hidden states. The teachers run through the same frozen backbone inside
+     the loss, without gradients. (The formula is the paper's; lambda and T
+     are not confirmed from the paper text here: defaults 1.0, 1.0,
+     configurable. L_Hidden is a mean, not a sum. PEFT implements no
+     distillation loss, only the decomposition.)
+  2. Target adaptation (`run_stage_two`): a new `MPT` (usually K = 1) whose
+     P* and factors start from the source run, by PEFT's init modes
+     (`MultitaskPromptTuningInit`): "RANDOM" (P* from `initializer`, default
+     N(0, 1); factors N(0, 0.02)), "TEXT" (P* = embeddings of `prompt_text`'s
+     pieces plus EOS, repeated to P, as PEFT's tokenizer call gives),
+     "AVERAGE_SOURCE_TASKS" (source P*, factors averaged over the source
+     tasks), "EXACT_SOURCE_TASK" (source P*, the factors of `source_task`),
+     "ONLY_SOURCE_SHARED" (source P*, fresh random factors). A source is an
+     `.npy` export directory of a stage-one checkpoint (`prompt.npy`,
+     `prefix_task_cols.npy`, `prefix_task_rows.npy`) or a PEFT
+     `.safetensors` adapter (its first P prompt rows; PEFT seq2seq stores 2 P).
+
+PEFT's seq2seq default also prepends task prompt rows [P, 2 P) to the
+decoder input (`decoder_length=P`; off by default, as in the paper).
+
+Task selection: `task_index` [B] from the batch; with K = 1 it may be absent
+(task 0). An index outside [0, K) raises for a concrete batch and gives a NaN
+prompt (so a NaN loss) inside `jit`.
+
+Dimension letters: B batch, K tasks, P prompt length, r rank, H d_model,
+T input length, S target length, V vocabulary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptuning_jax import checkpoints
+from ptuning_jax import hooks as hooks_lib
+from ptuning_jax import models
+from ptuning_jax import prompts
+from ptuning_jax import t5
+from ptuning_jax import train as train_lib
+from ptuning_jax.methods import common
+
+Array = jax.Array
+
+INIT_MODES = ("RANDOM", "TEXT", "AVERAGE_SOURCE_TASKS", "EXACT_SOURCE_TASK",
+              "ONLY_SOURCE_SHARED")
+SOURCE_MODES = INIT_MODES[2:]
+TASK_INDEX = "task_index"
+PROMPT, COLS, ROWS = "prompt", "prefix_task_cols", "prefix_task_rows"
+COLS_AXES = ("tasks", "prompt", "prompt_rank")  # [K, P, r]
+ROWS_AXES = ("tasks", "prompt_rank", "prompt_embed")  # [K, r, H]
+# PEFT adapter keys of the same tensors.
+PEFT_KEYS = {PROMPT: "prompt_embeddings", COLS: COLS, ROWS: ROWS}
+
+
+# ------------------------------ sources -------------------------------------
+
+
+def load_source(path: str, length: int) -> dict[str, np.ndarray]:
+  """A stage-one result: {prompt [P, H], prefix_task_cols [K, P, r],
+  prefix_task_rows [K, r, H]} float32.
+
+  Args:
+    path: an `.npy` export directory of an MPT checkpoint, or a PEFT
+      `.safetensors` adapter file (its first `length` prompt rows are used).
+    length: rows of P* expected by the target method (P + Pd).
+  """
+  if str(path).endswith(".safetensors"):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"MPT source {path} does not exist.")
+    raw = load_file(path)
+    missing = [k for k in PEFT_KEYS.values() if k not in raw]
+    if missing:
+      raise ValueError(f"MPT source {path} lacks {missing}; has {sorted(raw)}.")
+    source = {name: np.asarray(raw[key], np.float32) for name, key in PEFT_KEYS.items()}
+    source[PROMPT] = source[PROMPT][:length]
+    source[COLS] = source[COLS][:, :length]
+  else:
+    source = {name: checkpoints.load_npy(os.path.join(path, f"{name}.npy"), np.float32)
+              for name in (PROMPT, COLS, ROWS)}
+  _check_source(path, source, length)
+  return source
+
+
+def _check_source(path: str, source: Mapping[str, np.ndarray], length: int) -> None:
+  prompt, cols, rows = source[PROMPT], source[COLS], source[ROWS]
+  ok = (prompt.ndim == 2 and cols.ndim == 3 and rows.ndim == 3
+        and prompt.shape[0] == length == cols.shape[1]
+        and cols.shape[0] == rows.shape[0] and cols.shape[2] == rows.shape[1]
+        and rows.shape[2] == prompt.shape[1])
+  if not ok:
+    raise ValueError(
+        f"MPT source {path}: shapes prompt {prompt.shape}, {COLS} {cols.shape}, "
+        f"{ROWS} {rows.shape} do not form [P={length}, H], [K, P, r], [K, r, H].")
+
+
+def _source_init(method: "MPT", name: str) -> prompts.Initializer:
+  """Initialiser of parameter `name` from `method.source` by its init mode."""
+  def init(rng, shape, context):
+    del rng, context
+    source = load_source(method.source, method.rows)
+    value = source[name]
+    if name != PROMPT:
+      if method.init_mode == "AVERAGE_SOURCE_TASKS":
+        value = value.mean(0, keepdims=True)
+      else:  # EXACT_SOURCE_TASK
+        if not 0 <= method.source_task < value.shape[0]:
+          raise ValueError(f"MPT.source_task={method.source_task} outside the "
+                           f"{value.shape[0]} source tasks of {method.source}.")
+        value = value[method.source_task][None]
+      value = np.broadcast_to(value, (shape[0],) + value.shape[1:])
+    if tuple(value.shape) != tuple(shape):
+      raise ValueError(f"MPT: source {name} from {method.source} has shape "
+                       f"{value.shape}; the method needs {tuple(shape)} (rank, H).")
+    return jnp.asarray(value, jnp.float32)
+  return init
+
+
+def text_with_eos(prompt_text: str) -> prompts.Initializer:
+  """PEFT's TEXT init: the ids of `prompt_text` plus EOS (a T5 tokenizer call
+  appends it), repeated and truncated to P rows of the embedding table."""
+  def init(rng, shape, context):
+    del rng
+    table = context.require_embedding("MPT TEXT init")
+    vocab = context.require_vocab("MPT TEXT init")
+    ids = list(vocab.encode(prompt_text)) + [vocab.eos_id]
+    if max(ids) >= table.shape[0]:
+      raise ValueError(f"MPT TEXT init: {prompt_text!r} has ids beyond the embedding "
+                       f"table ({max(ids)} >= {table.shape[0]}).")
+    ids = (ids * math.ceil(shape[0] / len(ids)))[:shape[0]]
+    return jnp.asarray(table[np.asarray(ids)], jnp.float32)  # [P, H]
+  return init
+
+
+# ------------------------------ the method ----------------------------------
+
+
+def select_tasks(values: Array, index: Array, who: str = "MPT") -> Array:
+  """values [K, ...] -> [B, ...] rows `index` [B]; NaN rows for bad indices
+  (a ValueError when `index` is concrete)."""
+  num_tasks = values.shape[0]
+  try:
+    concrete = np.asarray(index)
+  except jax.errors.TracerArrayConversionError:
+    concrete = None
+  if concrete is not None:
+    bad = concrete[(concrete < 0) | (concrete >= num_tasks)]
+    if bad.size:
+      raise ValueError(f"{who}: {TASK_INDEX} values {sorted(set(bad.tolist()))} "
+                       f"outside [0, num_tasks={num_tasks}).")
+  valid = (index >= 0) & (index < num_tasks)
+  picked = jnp.take(values, jnp.clip(index, 0, num_tasks - 1), axis=0)
+  return jnp.where(valid.reshape((-1,) + (1,) * (picked.ndim - 1)), picked, jnp.nan)
+
+
+def task_prompts(prompt: Array, cols: Array, rows: Array, index: Array) -> Array:
+  """P* (elementwise) U_k V_k per example.
+
+  Args:
+    prompt: [P, H] shared prompt P*.
+    cols: [K, P, r].
+    rows: [K, r, H].
+    index: [B] task indices.
+  Returns:
+    [B, P, H] float32.
+  """
+  u = select_tasks(cols.astype(jnp.float32), index)  # [B, P, r]
+  v = select_tasks(rows.astype(jnp.float32), index)  # [B, r, H]
+  return prompt.astype(jnp.float32)[None] * jnp.einsum("bpr,brh->bph", u, v)
+
+
+class MPT(nn.Module):
+  """Shared prompt with per-task multiplicative low-rank updates.
+
+  Attributes:
+    backbone_config: the backbone config (`d_model`).
+    num_tasks: K (source tasks in stage one; usually 1 in stage two).
+    length: P.
+    rank: r (the paper: 1; PEFT `num_ranks`).
+    init_mode: one of INIT_MODES (PEFT's names and semantics).
+    initializer: P* for "RANDOM" (default N(0, 1), PEFT's embedding init).
+    prompt_text: the text of "TEXT".
+    source: stage-one result for the source modes (see `load_source`).
+    source_task: the source task of "EXACT_SOURCE_TASK".
+    factor_stddev: std of the random factors (PEFT: 0.02).
+    placement: prompt placement (`prompts.PLACEMENTS`).
+    decoder_length: Pd > 0 adds Pd rows to P*, U_k (all [P + Pd, ...])
+      whose task prompt rows [P, P + Pd) are prepended to the decoder input
+      (`hooks.decoder_prefix`): PEFT's seq2seq default
+      (`num_transformer_submodules=2`) is Pd = P. Default 0 (the paper:
+      encoder prompt only).
+  """
+  backbone_config: Any
+  num_tasks: int = 1
+  length: int = 100
+  rank: int = 1
+  init_mode: str = "RANDOM"
+  initializer: prompts.Initializer = dataclasses.field(
+      default_factory=lambda: prompts.normal(1.0))
+  prompt_text: str = ""
+  source: Optional[str] = None
+  source_task: int = 0
+  factor_stddev: float = 0.02
+  placement: str = "prefix"
+  decoder_length: int = 0
+
+  def _check(self) -> None:
+    common.check_positive("MPT", num_tasks=self.num_tasks, length=self.length,
+                          rank=self.rank)
+    common.check_choice("MPT", "init_mode", self.init_mode, INIT_MODES)
+    if self.init_mode in SOURCE_MODES and not self.source:
+      raise ValueError(f"MPT(init_mode={self.init_mode!r}) needs `source` (a stage-one "
+                       ".npy export directory or a PEFT .safetensors adapter).")
+    if self.init_mode == "TEXT" and not self.prompt_text:
+      raise ValueError("MPT(init_mode='TEXT') needs a non-empty `prompt_text`.")
+    if self.decoder_length < 0:
+      raise ValueError(f"MPT.decoder_length={self.decoder_length} must be >= 0.")
+
+  @property
+  def rows(self) -> int:
+    """P + Pd, the rows of P* and U_k."""
+    return self.length + self.decoder_length
+
+  def _initializers(self) -> tuple[prompts.Initializer, ...]:
+    shared = {"RANDOM": self.initializer,
+              "TEXT": text_with_eos(self.prompt_text)}.get(self.init_mode)
+    random = prompts.normal(self.factor_stddev)
+    if self.init_mode in SOURCE_MODES:
+      shared = _source_init(self, PROMPT)
+    if self.init_mode in ("AVERAGE_SOURCE_TASKS", "EXACT_SOURCE_TASK"):
+      return shared, _source_init(self, COLS), _source_init(self, ROWS)
+    return shared, random, random
+
+  @nn.compact
+  def __call__(self, batch_size: int,
+               context: prompts.InitContext = prompts.InitContext(),
+               deterministic: bool = True,
+               batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
+    del deterministic
+    self._check()
+    embed, k, p, r = self.backbone_config.d_model, self.num_tasks, self.rows, self.rank
+    shared_init, cols_init, rows_init = self._initializers()
+    prompt = prompts.prompt_param(self, PROMPT, shared_init, (p, embed), context)
+    cols = prompts.prompt_param(self, COLS, cols_init, (k, p, r), context, COLS_AXES)
+    rows = prompts.prompt_param(self, ROWS, rows_init, (k, r, embed), context, ROWS_AXES)
+    combine = prompts.get_placement(self.placement)
+    index = _task_index(batch, k, self.is_initializing(), batch_size)
+    full = task_prompts(prompt, cols, rows, index)  # [B, P + Pd, H]
+    encoder_prompt = full[:, :self.length]  # [B, P, H]
+
+    def encoder_inputs(x, tokens, mask):
+      if x.shape[0] != encoder_prompt.shape[0]:
+        raise ValueError(f"MPT: hooks built for batch size {encoder_prompt.shape[0]} "
+                         f"got encoder inputs of batch size {x.shape[0]}.")
+      return combine(encoder_prompt, x, tokens, mask)
+
+    decoder_prefix = full[:, self.length:] if self.decoder_length else None
+    return hooks_lib.Hooks(encoder_inputs=encoder_inputs, decoder_prefix=decoder_prefix)
+
+
+def _task_index(batch: Optional[Mapping[str, Array]], num_tasks: int,
+                initializing: bool, batch_size: int) -> Array:
+  """[B] task indices from `batch`; zeros at init or when K = 1 without one."""
+  if batch is not None and TASK_INDEX in batch:
+    index = jnp.asarray(batch[TASK_INDEX])
+    if tuple(index.shape) != (batch_size,):
+      raise ValueError(f"MPT: batch feature {TASK_INDEX!r} has shape "
+                       f"{tuple(index.shape)}; expected [B={batch_size}].")
+    return index
+  if num_tasks > 1 and not initializing:
+    raise ValueError(f"MPT(num_tasks={num_tasks}) needs the batch feature "
+                     f"{TASK_INDEX!r} [B]; the method got "
+                     f"{'no batch' if batch is None else sorted(batch)}.")
+  return jnp.zeros((batch_size,), jnp.int32)
+
+
+def num_params(d_model: int, length: int, num_tasks: int = 1, rank: int = 1,
+               decoder_length: int = 0) -> int:
+  """The formula P H + K r (P + H), with P + Pd rows for P."""
+  rows = length + decoder_length
+  return rows * d_model + num_tasks * rank * (rows + d_model)
+
+
+def fold(method: MPT, params: Any,
+         task: Optional[int] = None) -> tuple[prompts.SoftPrompt, Any]:
+  """Task `task`'s prompt P* (elementwise) U_k V_k as a plain `SoftPrompt`
+  with identical outputs for that task (for inference on one task, or to
+  start another method from it). `task` may be omitted when K = 1."""
+  if task is None:
+    if method.num_tasks != 1:
+      raise ValueError(f"mpt.fold: MPT(num_tasks={method.num_tasks}) folds one task "
+                       "at a time; pass task=k.")
+    task = 0
+  if not 0 <= task < method.num_tasks:
+    raise ValueError(f"mpt.fold: task={task} outside [0, {method.num_tasks}).")
+  params = nn.meta.unbox(params)
+  prompt = task_prompts(params[PROMPT], params[COLS], params[ROWS],
+                        jnp.asarray([task]))[0]  # [P + Pd, H]
+  folded = prompts.SoftPrompt(backbone_config=method.backbone_config,
+                              length=method.length, placement=method.placement,
+                              initializer=prompts.normal(),
+                              decoder_length=method.decoder_length)
+  out = {"prompt": prompt[:method.length]}
+  if method.decoder_length:
+    out["decoder_prompt"] = prompt[method.length:]
+  return folded, out
+
+
+# ------------------------------ distillation --------------------------------
+
+
+def _capture_stacks(module: nn.Module, method_name: str) -> bool:
+  return method_name == "__call__" and isinstance(module, (t5.Encoder, t5.Decoder))
+
+
+def forward_with_hidden(backbone: nn.Module, frozen: Any, batch: Mapping[str, Array],
+                        hooks: hooks_lib.Hooks, deterministic: bool = True,
+                        rngs: Optional[dict] = None) -> tuple[Array, Array, Array]:
+  """Teacher-forced T5 pass that also returns the stacks' final hidden states.
+
+  Returns:
+    (logits [B, S, V], encoder output [B, T', H], decoder output [B, S, H]
+    (the positions of a `decoder_prefix` dropped)).
+  """
+  logits, state = backbone.apply(
+      {"params": frozen}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+      hooks=hooks, deterministic=deterministic, rngs=rngs or {},
+      capture_intermediates=_capture_stacks, mutable=["intermediates"])
+  found = state["intermediates"]
+  if "encoder" not in found or "decoder" not in found:
+    raise ValueError(f"MPT distillation needs a T5 backbone (encoder and decoder "
+                     f"stacks); captured {sorted(found)}.")
+  length = batch["decoder_input_tokens"].shape[1]
+  decoded = found["decoder"]["__call__"][0][:, -length:]  # [B, S, H]
+  return logits, found["encoder"]["__call__"][0], decoded
+
+
+def distillation_losses(student: tuple[Array, Array, Array],
+                        teacher: tuple[Array, Array, Array],
+                        batch: Mapping[str, Array], temperature: float
+                        ) -> tuple[Array, Array]:
+  """(L_Logits, L_Hidden) of one batch.
+
+  Args:
+    student: (logits [B, S, V], encoder [B, Ps + T, H], decoder [B, S, H]).
+    teacher: the same with the teacher prompt (length Pt).
+    batch: for the input mask (encoder_input_tokens [B, T]) and
+      decoder_loss_weights [B, S].
+    temperature: T of both output distributions.
+  Returns:
+    KL(teacher || student) per target token (weighted mean), and the mean
+    squared hidden-state difference over input positions and target
+    positions (each position's H values averaged).
+  """
+  weights = batch["decoder_loss_weights"].astype(jnp.float32)  # [B, S]
+  log_s = jax.nn.log_softmax(student[0].astype(jnp.float32) / temperature, -1)
+  log_t = jax.nn.log_softmax(teacher[0].astype(jnp.float32) / temperature, -1)
+  kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), -1)  # [B, S]
+  kl = jnp.sum(kl * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  length = batch["encoder_input_tokens"].shape[1]
+  in_mask = (batch["encoder_input_tokens"] > 0).astype(jnp.float32)  # [B, T]
+  enc_se = jnp.mean(jnp.square(student[1][:, -length:].astype(jnp.float32)
+                               - teacher[1][:, -length:].astype(jnp.float32)), -1)
+  dec_se = jnp.mean(jnp.square(student[2].astype(jnp.float32)
+                               - teacher[2].astype(jnp.float32)), -1)  # [B, S]
+  hidden = ((jnp.sum(enc_se * in_mask) + jnp.sum(dec_se * weights))
+            / jnp.maximum(jnp.sum(in_mask) + jnp.sum(weights), 1.0))
+  return kl, hidden
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DistillationModel(models.PromptModel):
+  """`PromptModel` whose training loss adds MPT's prompt distillation.
+
+  Attributes (besides PromptModel's):
+    teachers: [K, Pt, H] float32 teacher prompts, one per task (prefix).
+    weight: lambda.
+    temperature: T.
+  The student method must place its prompt as a prefix (the encoder hidden
+  states are compared at the input positions, the last T).
+  """
+  teachers: Any = None
+  weight: float = 1.0
+  temperature: float = 1.0
+
+  def loss_fn(self, trainables, frozen, batch, rng=None, deterministic=True):
+    method_rng = backbone_rng = None
+    if rng is not None:
+      method_rng, backbone_rng = jax.random.split(rng)
+    tokens = batch["encoder_input_tokens"]
+    hk, aux_loss = self.hooks_and_losses(trainables, tokens.shape[0], method_rng,
+                                         deterministic, batch)
+    rngs = {"dropout": backbone_rng} if backbone_rng is not None else {}
+    student = forward_with_hidden(self.backbone, frozen, batch, hk, deterministic, rngs)
+    teacher = jax.lax.stop_gradient(forward_with_hidden(
+        self.backbone, frozen, batch, self._teacher_hooks(batch)))
+    total, weight, correct = models.cross_entropy(
+        student[0], batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+        self.z_loss, self.label_smoothing)
+    denom = jnp.maximum(weight, 1.0)
+    loss = total / denom
+    kl, hidden = distillation_losses(student, teacher, batch, self.temperature)
+    objective = loss + self.weight * (kl + hidden)
+    metrics = {"loss": loss, "token_accuracy": correct / denom,
+               "target_tokens": weight, "distill_kl": kl, "distill_hidden": hidden}
+    if aux_loss is not None:
+      metrics["aux_loss"] = aux_loss
+      objective = objective + aux_loss
+    return objective, metrics
+
+  def _teacher_hooks(self, batch) -> hooks_lib.Hooks:
+    if TASK_INDEX not in batch:
+      raise ValueError(f"MPT distillation needs the batch feature {TASK_INDEX!r} [B] "
+                       f"to pick each example's teacher; batch has {sorted(batch)}.")
+    teachers = jnp.asarray(self.teachers, jnp.float32)  # [K, Pt, H]
+    prompt = select_tasks(teachers, batch[TASK_INDEX], "MPT teachers")  # [B, Pt, H]
+    return hooks_lib.Hooks(
+        encoder_inputs=lambda x, tokens, mask: prompts.prefix(prompt, x, tokens, mask))
+
+
+def load_teachers(teacher_files: Sequence[str], d_model: int) -> np.ndarray:
+  """Stacks K teacher prompt files ([Pt, H] each) into [K, Pt, H] float32."""
+  if not teacher_files:
+    raise ValueError("MPT distillation: teacher_files is empty; give one prompt "
+                     ".npy per source task, in task-index order.")
+  arrays = [checkpoints.load_npy(f, np.float32) for f in teacher_files]
+  for f, a in zip(teacher_files, arrays):
+    if a.ndim != 2 or a.shape != arrays[0].shape or a.shape[1] != d_model:
+      raise ValueError(f"MPT teacher {f} has shape {a.shape}; all teachers must be "
+                       f"[Pt, H={d_model}] of one length (first: {arrays[0].shape}).")
+  return np.stack(arrays)
+
+
+def distillation_model(backbone: nn.Module, method: nn.Module, z_loss: float = 0.0, *,
+                       teacher_files: Sequence[str], weight: float = 1.0,
+                       temperature: float = 1.0) -> DistillationModel:
+  """A `train.build_run` model factory for MPT's stage one (gin:
+  `train.train.model_factory = @mpt.distillation_model`)."""
+  teachers = load_teachers(teacher_files, method.backbone_config.d_model)
+  num_tasks = getattr(method, "num_tasks", None)
+  if num_tasks is not None and num_tasks != teachers.shape[0]:
+    raise ValueError(f"MPT distillation: {teachers.shape[0]} teacher_files for a "
+                     f"method with num_tasks={num_tasks}.")
+  if getattr(method, "placement", "prefix") != "prefix":
+    raise ValueError(f"MPT distillation needs placement='prefix'; the method has "
+                     f"{method.placement!r}.")
+  if temperature <= 0:
+    raise ValueError(f"MPT distillation: temperature={temperature} must be > 0.")
+  return DistillationModel(backbone, method, z_loss=z_loss, teachers=teachers,
+                           weight=weight, temperature=temperature)
+
+
+# ------------------------------ drivers -------------------------------------
+
+
+def final_export_dir(model_dir: str, step: int) -> str:
+  """The `.npy` export directory of `step` of a `train.train` run."""
+  return os.path.join(model_dir, "checkpoints", checkpoints.NUMPY_DIR, str(int(step)))
+
+
+def run_stage_one(*, model_dir: str, teacher_files: Sequence[str], length: int = 100,
+                  rank: int = 1, weight: float = 1.0, temperature: float = 1.0,
+                  initializer: Optional[prompts.Initializer] = None,
+                  num_steps: int = 1000, **train_kwargs) -> dict:
+  """Source training: distils K teachers into P* and K rank-r factor pairs.
+
+  Args:
+    model_dir: run directory (checkpoints, metrics, `.npy` exports).
+    teacher_files: one `.npy` prompt per source task, in task-index order;
+      every training batch must carry `task_index` [B].
+    length, rank: P and r of the student.
+    weight, temperature: lambda and T of the distillation loss.
+    initializer: of P* (default N(0, 1)).
+    num_steps: training steps.
+    **train_kwargs: the rest of `train.train`'s arguments (backbone, data,
+      optimizer, mesh, ...).
+  Returns:
+    `train.train`'s metrics plus "source_dir", the export to give stage two.
+  """
+  extra = {} if initializer is None else {"initializer": initializer}
+  method = functools.partial(MPT, num_tasks=len(teacher_files), length=length,
+                             rank=rank, init_mode="RANDOM", **extra)
+  factory = functools.partial(distillation_model, teacher_files=list(teacher_files),
+                              weight=weight, temperature=temperature)
+  result = train_lib.train(model_dir=model_dir, method=method, model_factory=factory,
+                           num_steps=num_steps, **train_kwargs)
+  return dict(result, source_dir=final_export_dir(model_dir, num_steps))
+
+
+def run_stage_two(*, model_dir: str, source: str,
+                  init_mode: str = "AVERAGE_SOURCE_TASKS", source_task: int = 0,
+                  num_tasks: int = 1, length: Optional[int] = None,
+                  num_steps: int = 1000, **train_kwargs) -> dict:
+  """Target adaptation: trains P* and fresh (or source-initialised) factors.
+
+  Args:
+    model_dir: run directory.
+    source: stage one's export directory (or a PEFT adapter file).
+    init_mode: a source mode of INIT_MODES (the paper: averaged source
+      factors).
+    source_task: for "EXACT_SOURCE_TASK".
+    num_tasks: target tasks (1: no `task_index` needed).
+    length: P (default: the source's).
+    num_steps: training steps.
+    **train_kwargs: the rest of `train.train`'s arguments.
+  Returns:
+    `train.train`'s metrics plus "export_dir" (the final `.npy` export).
+  """
+  common.check_choice("run_stage_two", "init_mode", init_mode, SOURCE_MODES)
+  if length is None:
+    length = _source_length(source)
+  rank = load_source(source, length)[COLS].shape[2]
+  method = functools.partial(MPT, num_tasks=num_tasks, length=length, rank=rank,
+                             init_mode=init_mode, source=source, source_task=source_task)
+  result = train_lib.train(model_dir=model_dir, method=method, num_steps=num_steps,
+                           **train_kwargs)
+  return dict(result, export_dir=final_export_dir(model_dir, num_steps))
+
+
+def _source_length(source: str) -> int:
+  if str(source).endswith(".safetensors"):
+    raise ValueError("run_stage_two: give `length` for a PEFT adapter source (PEFT "
+                     "seq2seq adapters store 2 P prompt rows).")
+  return int(checkpoints.load_npy(os.path.join(source, f"{PROMPT}.npy")).shape[0])

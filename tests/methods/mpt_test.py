@@ -1,0 +1,242 @@
+"""MPT: counts, the decomposition, PEFT's init modes, distillation, drivers."""
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import method_testing as mt
+from ptuning_jax import backbones
+from ptuning_jax import methods
+from ptuning_jax import models
+from ptuning_jax import optimizers
+from ptuning_jax import prompts
+from ptuning_jax import t5
+from ptuning_jax import train as train_lib
+from ptuning_jax import vocab as vocab_lib
+from ptuning_jax.methods import mpt
+
+K, P, R = 3, 4, 2
+
+
+def _method(cfg, **kw):
+  return mpt.MPT(cfg, **dict(dict(num_tasks=K, length=P, rank=R), **kw))
+
+
+@pytest.mark.parametrize("num_tasks,rank", [(1, 1), (K, 1), (K, R)])
+def test_param_count_is_p_h_plus_k_r_p_plus_h(num_tasks, rank):
+  for cfg in (mt.config(), t5.get_config("base")):
+    h = cfg.d_model
+    count = methods.count_params(_method(cfg, num_tasks=num_tasks, rank=rank))
+    assert count == P * h + num_tasks * rank * (P + h) == mpt.num_params(
+        h, P, num_tasks, rank)
+  # The paper's target stage at T5-Base: 76,800 + 100 + 768.
+  assert methods.count_params(mpt.MPT(t5.get_config("base"))) == 77_668
+
+
+def test_task_prompt_is_shared_prompt_times_rank_r_update():
+  cfg = mt.config()
+  _, params = mt.frozen(cfg)
+  method = _method(cfg)
+  tr = mt.init(method, params)
+  assert tr["prompt"].shape == (P, cfg.d_model)
+  assert tr["prefix_task_cols"].shape == (K, P, R)
+  assert tr["prefix_task_rows"].shape == (K, R, cfg.d_model)
+  assert 0.5 < tr["prompt"].std() < 1.5  # PEFT RANDOM: N(0, 1)
+  assert 0.01 < tr["prefix_task_cols"].std() < 0.04  # N(0, 0.02)
+  index = np.array([2, 0, 1, 2], np.int32)
+  x = np.random.default_rng(0).normal(size=(4, 5, cfg.d_model)).astype(np.float32)
+  tokens, mask = np.ones((4, 5), np.int32), np.ones((4, 5), bool)
+  hk = method.apply({"params": tr}, 4, batch={"task_index": index})
+  out, out_mask = hk.encoder_inputs(x, tokens, mask)
+  for b, k in enumerate(index):
+    update = sum(np.outer(tr["prefix_task_cols"][k][:, i], tr["prefix_task_rows"][k][i])
+                 for i in range(R))  # sum of rank-one terms u_i v_i^T
+    np.testing.assert_allclose(out[b, :P], tr["prompt"] * update, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(out[b, P:], x[b])
+  assert out_mask.shape == (4, P + 5) and out_mask.all()
+  folded, folded_params = mpt.fold(method, tr, task=2)
+  np.testing.assert_allclose(folded_params["prompt"], out[0, :P], rtol=1e-6)
+  assert isinstance(folded, prompts.SoftPrompt)
+  with pytest.raises(ValueError, match=r"task_index values \[3\]"):
+    method.apply({"params": tr}, 4, batch={"task_index": index + 1}).encoder_inputs(
+        x, tokens, mask)
+  with pytest.raises(ValueError, match="needs the batch feature 'task_index'"):
+    method.apply({"params": tr}, 4).encoder_inputs(x, tokens, mask)
+  # Inside jit a bad index cannot raise: that example's prompt is NaN.
+  jitted = jax.jit(lambda i: method.apply({"params": tr}, 4, batch={"task_index": i})
+                   .encoder_inputs(x, tokens, mask)[0])
+  bad = np.asarray(jitted(jnp.asarray([0, 5, 1, 1])))
+  assert np.isnan(bad[1, :P]).all() and np.isfinite(bad[[0, 2, 3]]).all()
+
+
+def _write_source(directory, h, num_tasks=K, rank=R, seed=0):
+  rng = np.random.default_rng(seed)
+  source = {"prompt": rng.normal(size=(P, h)),
+            "prefix_task_cols": rng.normal(size=(num_tasks, P, rank)),
+            "prefix_task_rows": rng.normal(size=(num_tasks, rank, h))}
+  os.makedirs(directory, exist_ok=True)
+  for name, value in source.items():
+    np.save(os.path.join(directory, f"{name}.npy"), value.astype(np.float32))
+  return {k: v.astype(np.float32) for k, v in source.items()}
+
+
+def test_peft_init_modes(tmp_path):
+  cfg = mt.config()
+  _, params = mt.frozen(cfg)
+  h = cfg.d_model
+  src = _write_source(str(tmp_path / "src"), h)
+  target = functools.partial(mpt.MPT, cfg, num_tasks=1, length=P, rank=R,
+                             source=str(tmp_path / "src"))
+  avg = mt.init(target(init_mode="AVERAGE_SOURCE_TASKS"), params)
+  np.testing.assert_array_equal(avg["prompt"], src["prompt"])
+  np.testing.assert_allclose(avg["prefix_task_cols"][0], src["prefix_task_cols"].mean(0),
+                             rtol=1e-6)
+  np.testing.assert_allclose(avg["prefix_task_rows"][0], src["prefix_task_rows"].mean(0),
+                             rtol=1e-6)
+  exact = mt.init(target(init_mode="EXACT_SOURCE_TASK", source_task=2), params)
+  np.testing.assert_array_equal(exact["prefix_task_cols"][0], src["prefix_task_cols"][2])
+  np.testing.assert_array_equal(exact["prefix_task_rows"][0], src["prefix_task_rows"][2])
+  shared = mt.init(target(init_mode="ONLY_SOURCE_SHARED"), params)
+  np.testing.assert_array_equal(shared["prompt"], src["prompt"])
+  assert 0.005 < shared["prefix_task_rows"].std() < 0.04  # fresh N(0, 0.02)
+  # EXACT/AVERAGE with K target tasks: every task starts from the same factors.
+  tiled = mt.init(target(num_tasks=2, init_mode="EXACT_SOURCE_TASK", source_task=1), params)
+  np.testing.assert_array_equal(tiled["prefix_task_rows"],
+                                np.stack([src["prefix_task_rows"][1]] * 2))
+  text = mt.init(target(init_mode="TEXT", prompt_text="AB", source=None), params)
+  ids = vocab_lib.ByteVocab().encode("AB") + [vocab_lib.ByteVocab().eos_id]
+  table = np.asarray(params["token_embedder"]["embedding"])
+  np.testing.assert_array_equal(text["prompt"], table[(ids * 2)[:P]])
+  with pytest.raises(ValueError, match="source_task=5 outside the 3 source tasks"):
+    mt.init(target(init_mode="EXACT_SOURCE_TASK", source_task=5), params)
+  with pytest.raises(ValueError, match="needs `source`"):
+    mt.init(target(init_mode="ONLY_SOURCE_SHARED", source=None), params)
+  with pytest.raises(ValueError, match=r"do not form \[P=3"):
+    mt.init(target(init_mode="ONLY_SOURCE_SHARED", length=3), params)
+  with pytest.raises(ValueError, match="init_mode='AVERAGE'"):
+    mt.init(target(init_mode="AVERAGE"), params)
+
+
+def test_peft_safetensors_source_uses_the_first_p_rows(tmp_path):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  cfg = mt.config()
+  _, params = mt.frozen(cfg)
+  rng = np.random.default_rng(1)
+  adapter = {"prompt_embeddings": rng.normal(size=(2 * P, cfg.d_model)),
+             "prefix_task_cols": rng.normal(size=(K, 2 * P, 1)),
+             "prefix_task_rows": rng.normal(size=(K, 1, cfg.d_model))}
+  path = str(tmp_path / "adapter_model.safetensors")
+  save_file({k: v.astype(np.float32) for k, v in adapter.items()}, path)
+  tr = mt.init(mpt.MPT(cfg, length=P, init_mode="AVERAGE_SOURCE_TASKS", source=path),
+               params)
+  np.testing.assert_array_equal(tr["prompt"], adapter["prompt_embeddings"][:P]
+                                .astype(np.float32))
+  np.testing.assert_allclose(tr["prefix_task_cols"][0],
+                             adapter["prefix_task_cols"][:, :P].mean(0), rtol=1e-5)
+
+
+def _teacher_files(tmp_path, cfg, values):
+  files = []
+  for k, value in enumerate(values):
+    files.append(str(tmp_path / f"teacher_{k}.npy"))
+    np.save(files[-1], np.asarray(value, np.float32))
+  return files
+
+
+def test_distillation_loss(tmp_path):
+  cfg = mt.config()
+  module, params = mt.frozen(cfg)
+  method = _method(cfg, num_tasks=2, rank=1)
+  tr = mt.init(method, params)
+  batch = mt.make_batch(cfg.vocab_size)
+  batch["task_index"] = np.array([0, 1] * 4, np.int32)
+  rng = np.random.default_rng(3)
+  teachers = [rng.normal(size=(P, cfg.d_model)) for _ in range(2)]
+  model = mpt.distillation_model(module, method, weight=0.5, temperature=2.0,
+                                 teacher_files=_teacher_files(tmp_path, cfg, teachers))
+  np.testing.assert_array_equal(model.teachers, np.stack(teachers).astype(np.float32))
+
+  @jax.jit
+  def run(teachers, tr):  # one compilation for both teacher sets
+    with_teachers = dataclasses.replace(model, teachers=teachers)
+    (objective, metrics), grads = jax.value_and_grad(with_teachers.loss_fn, has_aux=True)(
+        tr, params, batch)
+    student = mpt.forward_with_hidden(module, params, batch,
+                                      method.apply({"params": tr}, 8, batch=batch))
+    teacher = mpt.forward_with_hidden(module, params, batch,
+                                      with_teachers._teacher_hooks(batch))  # pylint: disable=protected-access
+    return objective, metrics, grads, student, teacher
+
+  # Teachers equal to the student's own task prompts: no distillation signal.
+  own = np.stack([mpt.fold(method, tr, task=k)[1]["prompt"] for k in range(2)])
+  objective, metrics, _, student, _ = run(own, tr)
+  assert abs(float(metrics["distill_kl"])) < 1e-6
+  assert abs(float(metrics["distill_hidden"])) < 1e-10
+  total, weight, _ = models.cross_entropy(student[0], batch["decoder_target_tokens"],
+                                          batch["decoder_loss_weights"])
+  np.testing.assert_allclose(metrics["loss"], total / weight, rtol=1e-6)
+  # Other teachers: L = L_PLM + lambda (KL + MSE), KL checked by hand.
+  objective, metrics, grads, student, teacher = run(model.teachers, tr)
+  assert metrics["distill_kl"] > 1e-4 and metrics["distill_hidden"] > 1e-4
+  np.testing.assert_allclose(objective, metrics["loss"] + 0.5 * (
+      metrics["distill_kl"] + metrics["distill_hidden"]), rtol=1e-6)
+  ls = jax.nn.log_softmax(np.asarray(student[0]) / 2.0, -1)
+  lt = jax.nn.log_softmax(np.asarray(teacher[0]) / 2.0, -1)
+  w = batch["decoder_loss_weights"]
+  kl = (np.sum(np.exp(lt) * (lt - ls), -1) * w).sum() / w.sum()
+  np.testing.assert_allclose(metrics["distill_kl"], kl, rtol=1e-5)
+  enc_mask = batch["encoder_input_tokens"] > 0
+  se = [np.mean(np.square(np.asarray(a) - np.asarray(b)), -1) for a, b in (
+      (student[1][:, P:], teacher[1][:, P:]), (student[2], teacher[2]))]
+  np.testing.assert_allclose(metrics["distill_hidden"], (
+      (se[0] * enc_mask).sum() + (se[1] * w).sum()) / (enc_mask.sum() + w.sum()), rtol=1e-5)
+  assert all(np.abs(g).max() > 0 for g in jax.tree_util.tree_leaves(grads))
+  with pytest.raises(ValueError, match="2 teacher_files for a method with num_tasks=3"):
+    mpt.distillation_model(module, _method(cfg), teacher_files=_teacher_files(
+        tmp_path, cfg, teachers))
+  with pytest.raises(ValueError, match=r"teacher .*teacher_1.npy has shape \(3,\)"):
+    mpt.distillation_model(module, method, teacher_files=_teacher_files(
+        tmp_path, cfg, [teachers[0], np.ones(3)]))
+  del batch["task_index"]
+  with pytest.raises(ValueError, match="needs the batch feature 'task_index'"):
+    model._teacher_hooks(batch)  # pylint: disable=protected-access
+
+
+def test_training_sharded_equals_unsharded(tmp_path):
+  mt.check_training(tmp_path, functools.partial(mpt.MPT, num_tasks=2, length=P),
+                    data=mt.task_index_data())
+
+
+def _spec():
+  return backbones.BackboneSpec(checkpoint_dir=mt.backbone_dir())
+
+
+@pytest.mark.slow
+def test_stage_one_then_stage_two_drivers(tmp_path):
+  h = mt.sharded_config().d_model
+  rng = np.random.default_rng(0)
+  files = _teacher_files(tmp_path, None, [rng.normal(size=(P, h)) for _ in range(2)])
+  common = dict(backbone=_spec(), optimizer=optimizers.OptimizerConfig(),
+                log_every=1, progress_bar=False,
+                mesh=train_lib.MeshConfig(data=2, model=4))
+  one = mpt.run_stage_one(model_dir=str(tmp_path / "one"), teacher_files=files,
+                          length=P, num_steps=2, data=mt.task_index_data(), **common)
+  assert np.isfinite(one["train/loss"]) and one["train/distill_kl"] > 0
+  assert one["trainable_params"] == mpt.num_params(h, P, 2)
+  source = one["source_dir"]
+  assert sorted(os.listdir(source)) == ["prefix_task_cols.npy", "prefix_task_rows.npy",
+                                        "prompt.npy"]
+  two = mpt.run_stage_two(model_dir=str(tmp_path / "two"), source=source, num_steps=1,
+                          data=mt.smoke_data(), **common)
+  assert two["trainable_params"] == mpt.num_params(h, P, 1)
+  first = np.load(os.path.join(source, "prompt.npy"))
+  start = mt.init(mpt.MPT(mt.sharded_config(), length=P, source=source,
+                          init_mode="AVERAGE_SOURCE_TASKS"),
+                  mt.random_params(mt.sharded_config()))
+  np.testing.assert_array_equal(start["prompt"], first)  # stage two starts from P*
+  trained = np.load(os.path.join(two["export_dir"], "prompt.npy"))
+  assert trained.shape == first.shape and not np.array_equal(trained, first)
