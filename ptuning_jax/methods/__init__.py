@@ -44,9 +44,11 @@ from ptuning_jax import prompts
 from ptuning_jax.methods import dept
 from ptuning_jax.methods import ia3
 from ptuning_jax.methods import low_rank
+from ptuning_jax.methods import mpt
 from ptuning_jax.methods import multitask
 from ptuning_jax.methods import prefix_tuning
 from ptuning_jax.methods import residual
+from ptuning_jax.methods import xprompt
 
 Params = Any
 FoldFn = Callable[[Any, Params], tuple[Any, Params]]
@@ -117,6 +119,8 @@ register("residual", residual.ResidualPrompt, "gin/methods/residual.gin",
          residual.fold)
 register("ia3", ia3.IA3, "gin/methods/ia3.gin")
 register("multitask", multitask.MultiTaskPrompt, "gin/methods/multitask.gin")
+register("mpt", mpt.MPT, "gin/methods/mpt.gin", mpt.fold)
+register("xprompt", xprompt.XPrompt, "gin/methods/xprompt.gin", xprompt.fold)
 
 
 # ------------------------------ README table --------------------------------
@@ -170,6 +174,21 @@ PAPER_SETTINGS: tuple[TableRow, ...] = (
 )
 
 
+# MPT and XPrompt (registered after the first table was fixed): the README
+# table is `parameter_table(config, PAPER_SETTINGS + EXTRA_SETTINGS)`.
+EXTRA_SETTINGS: tuple[TableRow, ...] = (
+    TableRow("mpt", "source training: P=100, rank one, K=6 source tasks",
+             "P* [P, H] + K (u [P], v [H])",
+             lambda c: mpt.MPT(c, num_tasks=6, length=100)),
+    TableRow("mpt", "target adaptation: P=100, rank one (the paper's 0.035%)",
+             "P* [P, H] + u [P] + v [H]", lambda c: mpt.MPT(c, length=100)),
+    TableRow("xprompt", "P=100, k=16 pieces (training; pruning masks part)",
+             "prompt [P, H] under fixed token/piece masks",
+             lambda c: xprompt.XPrompt(c, length=100, num_pieces=16,
+                                       initializer=prompts.normal())),
+)
+
+
 def parameter_table(config: Any, rows: tuple[TableRow, ...] = PAPER_SETTINGS) -> str:
   """Markdown table: method, setting, what trains, parameter count, gin file.
 
@@ -185,5 +204,6 @@ def parameter_table(config: Any, rows: tuple[TableRow, ...] = PAPER_SETTINGS) ->
 
 
 __all__ = ["MethodInfo", "REGISTRY", "register", "get", "fold", "count_params",
-           "abstract_params", "parameter_table", "PAPER_SETTINGS", "TableRow",
-           "dept", "ia3", "low_rank", "multitask", "prefix_tuning", "residual"]
+           "abstract_params", "parameter_table", "PAPER_SETTINGS", "EXTRA_SETTINGS",
+           "TableRow", "dept", "ia3", "low_rank", "mpt", "multitask", "prefix_tuning",
+           "residual", "xprompt"]

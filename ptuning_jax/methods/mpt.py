@@ -65,7 +65,6 @@ from ptuning_jax import hooks as hooks_lib
 from ptuning_jax import models
 from ptuning_jax import prompts
 from ptuning_jax import t5
-from ptuning_jax import train as train_lib
 from ptuning_jax.methods import common
 
 Array = jax.Array
@@ -506,6 +505,7 @@ def run_stage_one(*, model_dir: str, teacher_files: Sequence[str], length: int =
   Returns:
     `train.train`'s metrics plus "source_dir", the export to give stage two.
   """
+  from ptuning_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   extra = {} if initializer is None else {"initializer": initializer}
   method = functools.partial(MPT, num_tasks=len(teacher_files), length=length,
                              rank=rank, init_mode="RANDOM", **extra)
@@ -535,6 +535,7 @@ def run_stage_two(*, model_dir: str, source: str,
   Returns:
     `train.train`'s metrics plus "export_dir" (the final `.npy` export).
   """
+  from ptuning_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   common.check_choice("run_stage_two", "init_mode", init_mode, SOURCE_MODES)
   if length is None:
     length = _source_length(source)

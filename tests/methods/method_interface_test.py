@@ -24,7 +24,8 @@ from ptuning_jax.methods import multitask
 from ptuning_jax.methods import prefix_tuning
 from ptuning_jax.methods import residual
 
-GIN_BINDINGS = {"multitask": ["NUM_TASKS = 3"], "dept": ["TRAIN_STEPS = 10"]}
+GIN_BINDINGS = {"multitask": ["NUM_TASKS = 3"], "dept": ["TRAIN_STEPS = 10"],
+                "xprompt": ["XPROMPT_PIECES = 4"]}  # k <= d_model 12
 
 
 @pytest.mark.parametrize("name", sorted(methods.REGISTRY))
