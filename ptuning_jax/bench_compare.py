@@ -18,6 +18,11 @@ Memory: on an accelerator both scripts report the device peak
 peak resident set sizes (`ru_maxrss` from `os.wait4`, whole process:
 interpreter, runtime and model) are compared instead.
 
+`--taskset 0` pins both processes to CPU 0 (`taskset -c`), so each runs
+single-threaded on the same core: a per-core comparison that other load on
+the machine disturbs far less than a two-thread one (PyTorch's OpenMP
+threads slow down badly when the cores are oversubscribed).
+
 Our bench tunes glibc's allocator for its own process
 (`bench.tune_host_allocator`). `--peft_malloc tuned` runs PEFT under the
 same settings (environment variables), `both` runs it both ways, so the
@@ -31,6 +36,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,11 +99,12 @@ def _one(system: str, cmd: list[str], env: Optional[dict]) -> dict:
 
 def run_size(size: str, args: argparse.Namespace, script: pathlib.Path) -> list[dict]:
   """All rounds of one size; systems alternate which runs first."""
-  systems = [("ours", ours_command(size, args), None)]
+  pin = ["taskset", "-c", args.taskset] if args.taskset else []
+  systems = [("ours", pin + ours_command(size, args), None)]
   if args.peft_malloc in ("default", "both"):
-    systems.append(("peft", peft_command(script, size, args), None))
+    systems.append(("peft", pin + peft_command(script, size, args), None))
   if args.peft_malloc in ("tuned", "both"):
-    systems.append(("peft+tuned_malloc", peft_command(script, size, args),
+    systems.append(("peft+tuned_malloc", pin + peft_command(script, size, args),
                     TUNED_MALLOC_ENV))
   records = []
   for r in range(args.rounds):
@@ -175,6 +182,8 @@ def parser() -> argparse.ArgumentParser:
                  help="extra arguments for our bench, e.g. '--remat full'.")
   p.add_argument("--peft_malloc", default="default", choices=("default", "tuned", "both"))
   p.add_argument("--peft_script", default=str(DEFAULT_PEFT_SCRIPT))
+  p.add_argument("--taskset", default="",
+                 help="CPU list to pin both processes to (taskset -c), e.g. '0'.")
   p.add_argument("--json_out", default="", help="also write every run's record here.")
   return p
 
@@ -187,6 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
                      "exist; pass its path with --peft_script.")
   if args.rounds < 1:
     raise SystemExit(f"bench_compare: --rounds must be >= 1, got {args.rounds}.")
+  if args.taskset and shutil.which("taskset") is None:
+    raise SystemExit("bench_compare: --taskset needs the `taskset` command (util-linux).")
   records = []
   for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
     records += run_size(size, args, script)

@@ -23,9 +23,11 @@ Methods (METHODS):
   ia3             Liu et al. 2022: rescaled keys, values and MLP activations
 Every method trains a fresh task head (`bert.ClassificationHead`) alongside.
 
-Each run's compiled train and predict functions are reused by the other
-seeds of the same (task, method): the seed changes only the initial
-trainables, the data order and the dropout keys.
+Compilation is shared: runs with the same `setup_key` (method, task kind,
+head size, input length, steps, prefix length) reuse one jitted train step
+and one jitted predict function; the seed changes only the initial
+trainables, the data order and the dropout keys, and tasks of one shape
+(e.g. RTE, BoolQ and MRPC at the same length) differ only in their data.
 
 Dimension letters: B batch, P prompt length, H hidden size, b rank.
 """
@@ -43,25 +45,23 @@ import sys
 import time
 from typing import Any, Mapping, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ptuning_jax import bert  # noqa: E402
-from ptuning_jax import bert_checkpoints  # noqa: E402
-from ptuning_jax import classifiers  # noqa: E402
-from ptuning_jax import glue_data  # noqa: E402
-from ptuning_jax import input_pipeline  # noqa: E402
-from ptuning_jax import optimizers  # noqa: E402
-from ptuning_jax import prompts  # noqa: E402
-from ptuning_jax import tokenization  # noqa: E402
-from ptuning_jax import trainer as trainer_lib  # noqa: E402
-from ptuning_jax.methods import dept  # noqa: E402
-from ptuning_jax.methods import ia3  # noqa: E402
-from ptuning_jax.methods import low_rank  # noqa: E402
-from ptuning_jax.methods import prefix_tuning  # noqa: E402
+from ptuning_jax import bert
+from ptuning_jax import bert_checkpoints
+from ptuning_jax import classifiers
+from ptuning_jax import glue_data
+from ptuning_jax import input_pipeline
+from ptuning_jax import optimizers
+from ptuning_jax import prompts
+from ptuning_jax import tokenization
+from ptuning_jax import trainer as trainer_lib
+from ptuning_jax.methods import dept
+from ptuning_jax.methods import ia3
+from ptuning_jax.methods import low_rank
+from ptuning_jax.methods import prefix_tuning
 
 Params = Any
 METHODS = ("full_finetune", "head_only", "prompt_tuning", "p_tuning_v2", "dept",

@@ -6,7 +6,6 @@ Dimension letters: B batch, C classes / choices, T length, H hidden.
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -73,7 +73,7 @@ def mpt_prompt(source: str, task: Optional[int] = None,
     length: P (default: the export's).
   """
   if length is None:
-    length = int(checkpoints.load_npy(f"{source}/{mpt.PROMPT}.npy").shape[0])
+    length = mpt.source_length(source)
   values = mpt.load_source(source, length)
   cols, rows = values[mpt.COLS], values[mpt.ROWS]
   if task is None:

@@ -126,7 +126,7 @@ def _source_init(method: "MPT", name: str) -> prompts.Initializer:
   """Initialiser of parameter `name` from `method.source` by its init mode."""
   def init(rng, shape, context):
     del rng, context
-    source = load_source(method.source, method.rows)
+    source = load_source(method.source, method.total_rows)
     value = source[name]
     if name != PROMPT:
       if method.init_mode == "AVERAGE_SOURCE_TASKS":
@@ -245,7 +245,7 @@ class MPT(nn.Module):
       raise ValueError(f"MPT.decoder_length={self.decoder_length} must be >= 0.")
 
   @property
-  def rows(self) -> int:
+  def total_rows(self) -> int:
     """P + Pd, the rows of P* and U_k."""
     return self.length + self.decoder_length
 
@@ -266,7 +266,8 @@ class MPT(nn.Module):
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del deterministic
     self._check()
-    embed, k, p, r = self.backbone_config.d_model, self.num_tasks, self.rows, self.rank
+    embed, k, p, r = (self.backbone_config.d_model, self.num_tasks, self.total_rows,
+                     self.rank)
     shared_init, cols_init, rows_init = self._initializers()
     prompt = prompts.prompt_param(self, PROMPT, shared_init, (p, embed), context)
     cols = prompts.prompt_param(self, COLS, cols_init, (k, p, r), context, COLS_AXES)
@@ -421,7 +422,7 @@ class DistillationModel(models.PromptModel):
     rngs = {"dropout": backbone_rng} if backbone_rng is not None else {}
     student = forward_with_hidden(self.backbone, frozen, batch, hk, deterministic, rngs)
     teacher = jax.lax.stop_gradient(forward_with_hidden(
-        self.backbone, frozen, batch, self._teacher_hooks(batch)))
+        self.backbone, frozen, batch, self.teacher_hooks(batch)))
     total, weight, correct = models.cross_entropy(
         student[0], batch["decoder_target_tokens"], batch["decoder_loss_weights"],
         self.z_loss, self.label_smoothing)
@@ -436,7 +437,8 @@ class DistillationModel(models.PromptModel):
       objective = objective + aux_loss
     return objective, metrics
 
-  def _teacher_hooks(self, batch) -> hooks_lib.Hooks:
+  def teacher_hooks(self, batch: Mapping[str, Array]) -> hooks_lib.Hooks:
+    """Each example's teacher prompt [B, Pt, H] before its input."""
     if TASK_INDEX not in batch:
       raise ValueError(f"MPT distillation needs the batch feature {TASK_INDEX!r} [B] "
                        f"to pick each example's teacher; batch has {sorted(batch)}.")
@@ -489,7 +491,8 @@ def final_export_dir(model_dir: str, step: int) -> str:
 def run_stage_one(*, model_dir: str, teacher_files: Sequence[str], length: int = 100,
                   rank: int = 1, weight: float = 1.0, temperature: float = 1.0,
                   initializer: Optional[prompts.Initializer] = None,
-                  num_steps: int = 1000, **train_kwargs) -> dict:
+                  factor_stddev: float = 0.02, num_steps: int = 1000,
+                  **train_kwargs) -> dict:
   """Source training: distils K teachers into P* and K rank-r factor pairs.
 
   Args:
@@ -499,6 +502,7 @@ def run_stage_one(*, model_dir: str, teacher_files: Sequence[str], length: int =
     length, rank: P and r of the student.
     weight, temperature: lambda and T of the distillation loss.
     initializer: of P* (default N(0, 1)).
+    factor_stddev: std of the random factors (PEFT: 0.02).
     num_steps: training steps.
     **train_kwargs: the rest of `train.train`'s arguments (backbone, data,
       optimizer, mesh, ...).
@@ -508,7 +512,8 @@ def run_stage_one(*, model_dir: str, teacher_files: Sequence[str], length: int =
   from ptuning_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   extra = {} if initializer is None else {"initializer": initializer}
   method = functools.partial(MPT, num_tasks=len(teacher_files), length=length,
-                             rank=rank, init_mode="RANDOM", **extra)
+                             rank=rank, init_mode="RANDOM", factor_stddev=factor_stddev,
+                             **extra)
   factory = functools.partial(distillation_model, teacher_files=list(teacher_files),
                               weight=weight, temperature=temperature)
   result = train_lib.train(model_dir=model_dir, method=method, model_factory=factory,
@@ -538,7 +543,7 @@ def run_stage_two(*, model_dir: str, source: str,
   from ptuning_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   common.check_choice("run_stage_two", "init_mode", init_mode, SOURCE_MODES)
   if length is None:
-    length = _source_length(source)
+    length = source_length(source)
   rank = load_source(source, length)[COLS].shape[2]
   method = functools.partial(MPT, num_tasks=num_tasks, length=length, rank=rank,
                              init_mode=init_mode, source=source, source_task=source_task)
@@ -547,8 +552,9 @@ def run_stage_two(*, model_dir: str, source: str,
   return dict(result, export_dir=final_export_dir(model_dir, num_steps))
 
 
-def _source_length(source: str) -> int:
+def source_length(source: str) -> int:
+  """P of a stage-one `.npy` export (a PEFT adapter's P must be given)."""
   if str(source).endswith(".safetensors"):
-    raise ValueError("run_stage_two: give `length` for a PEFT adapter source (PEFT "
-                     "seq2seq adapters store 2 P prompt rows).")
+    raise ValueError(f"MPT source {source}: give the prompt length for a PEFT adapter "
+                     "(PEFT seq2seq adapters store 2 P prompt rows).")
   return int(checkpoints.load_npy(os.path.join(source, f"{PROMPT}.npy")).shape[0])

@@ -146,7 +146,10 @@ class XPrompt(nn.Module):
     prompt = prompts.prompt_param(self, "prompt", self.initializer,
                                   (self.length, self.backbone_config.d_model), context)
     token, piece = jnp.asarray(token), jnp.asarray(piece)
-    if batch is not None and TOKEN_MASK in batch:  # importance scoring
+    if batch is not None and (TOKEN_MASK in batch or PIECE_MASK in batch):
+      if TOKEN_MASK not in batch or PIECE_MASK not in batch:  # importance scoring
+        raise ValueError(f"XPrompt: batch features {TOKEN_MASK!r} [B, P] and "
+                         f"{PIECE_MASK!r} [B, P, k] go together; got {sorted(batch)}.")
       token = token * batch[TOKEN_MASK]  # [B, P]
       piece = piece * batch[PIECE_MASK]  # [B, P, k]
     value = masked_prompt(prompt, token, piece)  # [P, H] or [B, P, H]
@@ -415,7 +418,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     raise SystemExit("xprompt: at least one --gin_file is required.")
   gin_utils.parse(args.gin_file, bindings,
                   [s for s in args.gin_search_paths.split(",") if s])
-  report = gin_utils.call(run_rounds)
+  # Under `python -m` this file runs as __main__; gin registered the
+  # importable module's function.
+  from ptuning_jax.methods import xprompt as registered  # pylint: disable=g-import-not-at-top
+  report = gin_utils.call(registered.run_rounds)
   print(json.dumps({k: report[k] for k in ("survivors", "surviving_params",
                                            "final_prompt")}, indent=2))
   return 0
