@@ -209,17 +209,13 @@ def test_distillation_loss(tmp_path):
     model.teacher_hooks(batch)
 
 
-def test_training_sharded_equals_unsharded(tmp_path):
-  mt.check_training(tmp_path, functools.partial(mpt.MPT, num_tasks=2, length=P),
-                    data=mt.task_index_data())
-
-
 def _spec():
   return backbones.BackboneSpec(checkpoint_dir=mt.backbone_dir())
 
 
-def _unsharded_distillation_steps(teacher_files, steps):
-  """What `run_stage_one` trains, on a (1, 1) mesh: the trainables after `steps`."""
+def _unsharded_distillation_steps(teacher_files, steps, extra_steps=4):
+  """What `run_stage_one` trains, on a (1, 1) mesh. Returns the trainables
+  after `steps` and the losses of `extra_steps` more steps on one batch."""
   ckpt = mt.backbone_dir()
   cfg = hf_checkpoints.load_config(ckpt)
   mesh = partitioning.make_mesh(1, 1, devices=jax.devices()[:1])
@@ -238,7 +234,12 @@ def _unsharded_distillation_steps(teacher_files, steps):
   state, batches = trainer.place_state(state), data.train_iterator()
   for _ in range(steps):
     state, _ = trainer.train_step(state, frozen_params, trainer.place_batch(next(batches)))
-  return jax.tree_util.tree_map(np.asarray, jax.device_get(state.params))
+  after = jax.tree_util.tree_map(np.asarray, jax.device_get(state.params))
+  fixed, losses = trainer.place_batch(next(batches)), []
+  for _ in range(extra_steps):
+    state, metrics = trainer.train_step(state, frozen_params, fixed)
+    losses.append(float(metrics["loss"] + metrics["distill_kl"] + metrics["distill_hidden"]))
+  return after, losses
 
 
 @pytest.mark.slow
@@ -258,8 +259,10 @@ def test_stage_one_then_stage_two_drivers(tmp_path):
   assert np.isfinite(one["train/loss"]) and one["train/distill_kl"] > 0
   assert one["trainable_params"] == mpt.num_params(h, P, 2)
   source = one["source_dir"]
-  # The sharded (2, 4) distillation steps equal the unsharded ones.
-  reference = _unsharded_distillation_steps(files, steps=2)
+  # The sharded (2, 4) distillation steps equal the unsharded ones (this is
+  # also MPT's per-method training check), and training lowers the loss.
+  reference, losses = _unsharded_distillation_steps(files, steps=2)
+  assert losses[-1] < losses[0], losses
   assert sorted(reference) == sorted(f[:-4] for f in os.listdir(source))
   for name, value in reference.items():
     np.testing.assert_allclose(np.load(os.path.join(source, f"{name}.npy")), value,
@@ -276,3 +279,36 @@ def test_stage_one_then_stage_two_drivers(tmp_path):
   np.testing.assert_array_equal(start["prompt"], first)  # stage two starts from P*
   trained = np.load(os.path.join(two["export_dir"], "prompt.npy"))
   assert trained.shape == first.shape and not np.array_equal(trained, first)
+
+
+def test_gin_files_wire_both_stages(tmp_path):
+  import gin  # pylint: disable=g-import-not-at-top
+  from ptuning_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  cfg = mt.config()
+  module, params = mt.frozen(cfg)
+  rng = np.random.default_rng(0)
+  files = _teacher_files(tmp_path, cfg, [rng.normal(size=(P, cfg.d_model))] * 2)
+  gin_utils.parse(["gin/methods/mpt.gin"], [
+      f"TEACHER_FILES = {files}", "MPT_NUM_TASKS = 2", f"PROMPT_LENGTH = {P}",
+      "MPT_DISTILL_WEIGHT = 0.5"])
+  try:
+    method = gin.query_parameter("%METHOD").scoped_configurable_fn(backbone_config=cfg)
+    factory = gin.query_parameter("train.train.model_factory").scoped_configurable_fn
+    model = factory(module, method, z_loss=0.0)
+  finally:
+    gin.clear_config()
+  assert isinstance(model, mpt.DistillationModel) and model.weight == 0.5
+  assert model.teachers.shape == (2, P, cfg.d_model)
+  assert (method.num_tasks, method.length, method.init_mode) == (2, P, "RANDOM")
+  source = str(tmp_path / "src")
+  _write_source(source, cfg.d_model, rank=1)
+  gin_utils.parse(["gin/methods/mpt_target.gin"], [
+      f"MPT_SOURCE = '{source}'", f"PROMPT_LENGTH = {P}", "MPT_INIT = 'EXACT_SOURCE_TASK'",
+      "MPT_SOURCE_TASK = 1"])
+  try:
+    target = gin.query_parameter("%METHOD").scoped_configurable_fn(backbone_config=cfg)
+  finally:
+    gin.clear_config()
+  start = mt.init(target, params)
+  np.testing.assert_array_equal(start["prefix_task_rows"][0],
+                                np.load(os.path.join(source, "prefix_task_rows.npy"))[1])

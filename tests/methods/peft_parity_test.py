@@ -332,11 +332,14 @@ def test_past_prefix_cached_decoding_matches_full_pass(checkpoint):
       "decoder_self": _random_prefix(CONFIG.num_decoder_layers, enc.shape[0], "past", 2),
       "encoder": _random_prefix(CONFIG.num_encoder_layers, 1, "past", 3)})
   model = t5.T5(CONFIG)
-  variables = {"params": params}
-  full = model.apply(variables, enc, dec, hooks=hooks)
-  encoded, mask = model.apply(variables, enc, hooks=hooks, method=model.encode)
-  _, state = model.apply(variables, encoded, mask, dec, hooks=hooks, decode=True,
-                         method=model.decode, mutable=["cache"])
+
+  @jax.jit
+  def prepare(variables):  # full pass, encoder outputs, allocated cache
+    encoded, mask = model.apply(variables, enc, hooks=hooks, method=model.encode)
+    _, state = model.apply(variables, encoded, mask, dec, hooks=hooks, decode=True,
+                           method=model.decode, mutable=["cache"])
+    return model.apply(variables, enc, dec, hooks=hooks), encoded, mask, state
+  full, encoded, mask, state = prepare({"params": params})
   step = jax.jit(functools.partial(model.apply, method=model.decode, decode=True,
                                    mutable=["cache"], hooks=hooks))
   for i in range(dec.shape[1]):
