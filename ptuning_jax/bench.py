@@ -19,7 +19,10 @@ Method:
     stops the clock; `--repeats R` times R such blocks and reports the
     median (and min / max) seconds per step;
   * the state is donated to the step (`--no_donate` turns it off); the
-    report says whether the donated buffers were actually reused.
+    report says whether the donated buffers were actually reused;
+  * glibc's allocator is told to keep and reuse the step's host buffers
+    (`keep_freed_memory`; `--default_malloc` turns it off). This matters on
+    CPU, where XLA's temporaries are host memory.
 
 One JSON line per configuration. Fields shared with the PEFT script:
 `system, size, dtype, batch, inputs, targets, prompt, frozen_params,
@@ -104,28 +107,45 @@ DONATION_WARNING = "donated buffers were not usable"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
-def tune_host_allocator() -> bool:
-  """Keeps glibc from returning XLA's per-step buffers to the kernel.
-
-  XLA's CPU runtime allocates each step's temporaries with malloc and frees
-  them after the step. By default glibc serves large blocks with fresh
-  `mmap`s and hands freed memory back (`munmap`, `madvise`), so every step
-  pays page faults and zeroing for all its temporaries (a third of the CPU
-  time of a small model in our profile). One arena, no mmap and a 1 GiB trim
-  threshold make the memory stay with the process and be reused. Same
-  effect as MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
-  MALLOC_TRIM_THRESHOLD_=1073741824 in the environment. Call it before the
-  first computation (XLA's threads pick their arena then). Returns whether
-  every setting took (False off glibc).
-  """
-  name = ctypes.util.find_library("c")
+def _libc():
   try:
-    libc = ctypes.CDLL(name or "libc.so.6")
-    mallopt = libc.mallopt
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.mallopt, libc.malloc_trim  # pylint: disable=pointless-statement
+    return libc
   except (OSError, AttributeError):
+    return None
+
+
+def limit_malloc_arenas() -> bool:
+  """First half of the host allocator tuning (see `keep_freed_memory`): one
+  malloc arena for all threads. Call before the first computation, when
+  XLA's threads pick their arenas. Returns False off glibc."""
+  libc = _libc()
+  return libc is not None and libc.mallopt(_M_ARENA_MAX, 1) == 1
+
+
+def keep_freed_memory() -> bool:
+  """Second half: stop glibc from returning XLA's per-step buffers.
+
+  XLA's CPU runtime mallocs each step's temporaries and frees them after
+  the step. By default glibc serves large blocks with fresh `mmap`s and
+  hands freed memory back (`munmap`, and `madvise` in per-thread arenas), so
+  every step pays page faults and page zeroing for all its temporaries
+  (about a third of the CPU time of the tiny model in our profile). With one
+  arena (`limit_malloc_arenas`), no mmap and a 1 GiB trim threshold, the
+  memory stays with the process and is reused. Call it after the first
+  (compiling) step: it also trims what compilation left, so the process's
+  peak RSS stays near the default allocator's. Same steady state as
+  MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824.
+  Returns False off glibc.
+  """
+  libc = _libc()
+  if libc is None:
     return False
-  return all(mallopt(param, value) == 1 for param, value in (
-      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30)))
+  ok = all(libc.mallopt(param, value) == 1 for param, value in (
+      (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30)))
+  libc.malloc_trim(0)
+  return ok
 
 
 def size_config(size: str) -> t5.T5Config:
@@ -164,6 +184,7 @@ class BenchConfig:
   feed: str = "device"
   host_sync: bool = False
   donate: bool = True
+  tune_malloc: bool = False
   seed: int = 0
 
   def __post_init__(self):
@@ -340,6 +361,8 @@ def run_benchmark(config: BenchConfig) -> dict:
                                     host_batch)
     batches = _batches(config, setup, host_batch, total)
     state, metrics, first_s, donation = _first_step(setup, next(batches))
+    if config.tune_malloc:
+      keep_freed_memory()
     for batch in itertools.islice(batches, config.warmup - 1):
       state, metrics = setup.step(state, setup.frozen, batch)
     jax.block_until_ready((state, metrics))
@@ -374,7 +397,7 @@ def _record(config, setup, times, first_s, donation, metrics, flops_fields) -> d
   record.update(donation)
   record.update({k: getattr(config, k) for k in (
       "remat", "attention", "fsdp", "microbatches", "feed", "host_sync", "donate",
-      "steps", "warmup", "repeats")})
+      "tune_malloc", "steps", "warmup", "repeats")})
   record["date"] = datetime.date.today().isoformat()
   return record
 
@@ -412,9 +435,9 @@ def parser() -> argparse.ArgumentParser:
                  help="read the loss on the host after every step (lever check).")
   p.add_argument("--no_donate", dest="donate", action="store_false",
                  help="do not donate the train state to the step (lever check).")
-  p.add_argument("--default_malloc", action="store_true",
+  p.add_argument("--default_malloc", dest="tune_malloc", action="store_false",
                  help="leave glibc's allocator settings alone (see "
-                      "tune_host_allocator; lever check).")
+                      "keep_freed_memory; lever check).")
   p.add_argument("--in_process", action="store_true",
                  help="run several --sizes in this process (memory peaks accumulate).")
   return p
@@ -447,8 +470,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parser().parse_args(argv)
   configs = configs_from_args(args)
-  malloc = "default" if args.default_malloc else (
-      "tuned" if tune_host_allocator() else "default (mallopt unavailable)")
+  if args.tune_malloc and not limit_malloc_arenas():
+    configs = [dataclasses.replace(c, tune_malloc=False) for c in configs]
   records = []
   for config in configs:
     if len(configs) > 1 and not args.in_process:
@@ -459,7 +482,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
           config, RuntimeError(f"subprocess exited with {proc.returncode}")))
     else:
       try:
-        record = dict(run_benchmark(config), host_malloc=malloc)
+        record = run_benchmark(config)
       except jax.errors.JaxRuntimeError as e:
         record = _error_record(config, e)
     print(json.dumps(record), flush=True)

@@ -24,7 +24,7 @@ the machine disturbs far less than a two-thread one (PyTorch's OpenMP
 threads slow down badly when the cores are oversubscribed).
 
 Our bench tunes glibc's allocator for its own process
-(`bench.tune_host_allocator`). `--peft_malloc tuned` runs PEFT under the
+(`bench.limit_malloc_arenas`, `bench.keep_freed_memory`). `--peft_malloc tuned` runs PEFT under the
 same settings (environment variables), `both` runs it both ways, so the
 comparison can be made with the allocator held equal.
 

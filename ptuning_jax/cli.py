@@ -49,7 +49,10 @@ def run_gin_command(command: str, argv: Sequence[str]) -> object:
   search = [s for s in args.gin_search_paths.split(",") if s]
   gin_utils.parse(args.gin_file, list(args.gin_bindings) + bindings, search)
   fn = getattr(train_lib, GIN_COMMANDS[command])
-  result = gin_utils.call(fn)
+  try:
+    result = gin_utils.call(fn)
+  finally:
+    gin_utils.clear()  # one command, one config: leave no bindings behind
   print(json.dumps(result, indent=2, sort_keys=True, default=str))
   return result
 

@@ -599,7 +599,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s",
+                      force=True)
   for noisy in ("absl", "jax._src.xla_bridge"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  main()
+  # Gin knows the importable module's functions, not this `__main__` copy's.
+  from ptuning_jax import experiments as _experiments  # pylint: disable=g-import-not-at-top
+  _experiments.main()

@@ -73,3 +73,8 @@ def write_config(model_dir: str, name: str = "config.gin", operative: bool = Fal
 def call(fn, **kwargs):
   """Calls `fn` with its gin bindings applied."""
   return gin.get_configurable(fn)(**kwargs)
+
+
+def clear() -> None:
+  """Forgets all parsed gin config."""
+  gin.clear_config()

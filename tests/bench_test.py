@@ -86,6 +86,7 @@ def test_bench_record_fields_and_values(default_record):
   assert r["platform"] == "cpu" and r["mfu"] is None and r["peak_mem_gib"] is None
   assert r["peak_rss_gib"] > 0 and math.isfinite(r["loss"])
   assert r["donation_warnings"] == 0 and r["state_donated_fraction"] > 0.99
+  assert r["tune_malloc"] is False  # --default_malloc
 
 
 @pytest.mark.skipif(not PEFT_SCRIPT.is_file(), reason="no PEFT baseline script beside the repo")
@@ -152,11 +153,12 @@ def test_out_of_memory_is_reported_not_raised():
   assert record["error"] == "out of memory" and record["size"] == "xxl"
 
 
-def test_tune_host_allocator_takes_effect_in_a_fresh_process():
-  code = "from ptuning_jax import bench; print(bench.tune_host_allocator())"
+def test_host_allocator_tuning_takes_effect_in_a_fresh_process():
+  code = ("from ptuning_jax import bench\n"
+          "print(bench.limit_malloc_arenas(), bench.keep_freed_memory())")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        check=True, cwd=REPO)
-  assert out.stdout.strip().splitlines()[-1] == "True"
+  assert out.stdout.strip().splitlines()[-1] == "True True"
 
 
 # ------------------------------------------------------- bf16, donation, sync --

@@ -40,6 +40,8 @@ def _write(path, text, gz=False):
 
 
 def test_default_is_tfds():
+  gin.clear_config()  # other tests in this worker may have left bindings
+  sources.reset()
   assert sources.current_config() == sources.SourceConfig("tfds", None, None)
 
 
