@@ -144,7 +144,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(prog="ptuning-jax demo", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default=None, help="default: a new temp dir")
-  p.add_argument("--pretrain_steps", type=int, default=3000)
+  p.add_argument("--pretrain_steps", type=int, default=1500)
   p.add_argument("--prompt_steps", type=int, default=300)
   p.add_argument("--prompt_length", type=int, default=16)
   p.add_argument("--seed", type=int, default=0)
