@@ -104,7 +104,7 @@ DONATION_WARNING = "donated buffers were not usable"
 
 
 # glibc `mallopt` parameters.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def _libc():
@@ -116,28 +116,21 @@ def _libc():
     return None
 
 
-def limit_malloc_arenas() -> bool:
-  """First half of the host allocator tuning (see `keep_freed_memory`): one
-  malloc arena for all threads. Call before the first computation, when
-  XLA's threads pick their arenas. Returns False off glibc."""
-  libc = _libc()
-  return libc is not None and libc.mallopt(_M_ARENA_MAX, 1) == 1
-
-
 def keep_freed_memory() -> bool:
-  """Second half: stop glibc from returning XLA's per-step buffers.
+  """Stops glibc from returning XLA's per-step host buffers to the kernel.
 
   XLA's CPU runtime mallocs each step's temporaries and frees them after
   the step. By default glibc serves large blocks with fresh `mmap`s and
-  hands freed memory back (`munmap`, and `madvise` in per-thread arenas), so
-  every step pays page faults and page zeroing for all its temporaries
-  (about a third of the CPU time of the tiny model in our profile). With one
-  arena (`limit_malloc_arenas`), no mmap and a 1 GiB trim threshold, the
-  memory stays with the process and is reused. Call it after the first
-  (compiling) step: it also trims what compilation left, so the process's
-  peak RSS stays near the default allocator's. Same steady state as
-  MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824.
-  Returns False off glibc.
+  hands freed memory back (`munmap`, and `madvise` when a thread arena's
+  top shrinks), so every step pays page faults and page zeroing for all its
+  temporaries (about a third of the CPU time of the tiny model in our
+  profile). With no mmap and a 1 GiB trim threshold the memory stays with
+  the process and is reused. Call it after the first (compiling) step: it
+  also trims what compilation left (`malloc_trim`), so the peak RSS stays
+  the default allocator's. The steady state equals running with
+  MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824. (Limiting malloc
+  to one arena as well made the compilation peak larger and the step no
+  faster.) Returns False off glibc.
   """
   libc = _libc()
   if libc is None:
@@ -470,7 +463,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parser().parse_args(argv)
   configs = configs_from_args(args)
-  if args.tune_malloc and not limit_malloc_arenas():
+  if args.tune_malloc and _libc() is None:
     configs = [dataclasses.replace(c, tune_malloc=False) for c in configs]
   records = []
   for config in configs:

@@ -24,7 +24,7 @@ the machine disturbs far less than a two-thread one (PyTorch's OpenMP
 threads slow down badly when the cores are oversubscribed).
 
 Our bench tunes glibc's allocator for its own process
-(`bench.limit_malloc_arenas`, `bench.keep_freed_memory`). `--peft_malloc tuned` runs PEFT under the
+(`bench.keep_freed_memory`). `--peft_malloc tuned` runs PEFT under the
 same settings (environment variables), `both` runs it both ways, so the
 comparison can be made with the allocator held equal.
 
@@ -45,8 +45,7 @@ from typing import Optional, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_PEFT_SCRIPT = REPO.parent / "shared" / "bench" / "peft_t5_baseline.py"
-TUNED_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-                    "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+TUNED_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def run_child(cmd: list[str], env: Optional[dict] = None

@@ -154,11 +154,10 @@ def test_out_of_memory_is_reported_not_raised():
 
 
 def test_host_allocator_tuning_takes_effect_in_a_fresh_process():
-  code = ("from ptuning_jax import bench\n"
-          "print(bench.limit_malloc_arenas(), bench.keep_freed_memory())")
+  code = "from ptuning_jax import bench; print(bench.keep_freed_memory())"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        check=True, cwd=REPO)
-  assert out.stdout.strip().splitlines()[-1] == "True True"
+  assert out.stdout.strip().splitlines()[-1] == "True"
 
 
 # ------------------------------------------------------- bf16, donation, sync --
