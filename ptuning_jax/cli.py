@@ -4,6 +4,7 @@
   ptuning-jax train --gin_file=configs/X.gin [--gin.NAME=VALUE ...]
   ptuning-jax eval  --gin_file=... [--gin.NAME=VALUE ...]
   ptuning-jax infer --gin_file=... --gin.INPUT_FILE="'in.txt'" ...
+  ptuning-jax xprompt --gin_file=...        # XPrompt prune / rewind / retrain rounds
   ptuning-jax tasks [--module M]            # registered tasks and mixtures
   ptuning-jax inspect TASK [--split S] [-n N]
   ptuning-jax bench [...]                   # synthetic-batch benchmark
@@ -25,7 +26,13 @@ from typing import Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-GIN_COMMANDS = {"train": "train", "eval": "evaluate", "infer": "infer"}
+# command -> (module, gin-configured function, summary of its result or None)
+GIN_COMMANDS = {
+    "train": ("ptuning_jax.train", "train", None),
+    "eval": ("ptuning_jax.train", "evaluate", None),
+    "infer": ("ptuning_jax.train", "infer", None),
+    "xprompt": ("ptuning_jax.methods.xprompt", "run_rounds", "summary"),
+}
 
 
 def _gin_parser(command: str) -> argparse.ArgumentParser:
@@ -41,18 +48,20 @@ def _gin_parser(command: str) -> argparse.ArgumentParser:
 
 def run_gin_command(command: str, argv: Sequence[str]) -> object:
   from ptuning_jax import gin_utils
-  from ptuning_jax import train as train_lib
   bindings, rest = gin_utils.flag_bindings(argv)
   args = _gin_parser(command).parse_args(rest)
   if not args.gin_file:
     raise SystemExit(f"ptuning-jax {command}: at least one --gin_file is required.")
   search = [s for s in args.gin_search_paths.split(",") if s]
   gin_utils.parse(args.gin_file, list(args.gin_bindings) + bindings, search)
-  fn = getattr(train_lib, GIN_COMMANDS[command])
+  module_name, fn_name, summary = GIN_COMMANDS[command]
+  module = importlib.import_module(module_name)
   try:
-    result = gin_utils.call(fn)
+    result = gin_utils.call(getattr(module, fn_name))
   finally:
     gin_utils.clear()  # one command, one config: leave no bindings behind
+  if summary:
+    result = getattr(module, summary)(result)
   print(json.dumps(result, indent=2, sort_keys=True, default=str))
   return result
 

@@ -32,6 +32,8 @@ import numpy as np
 
 PAD_ID = 0
 EOS_ID = 1
+# Per-example task feature [B] of multi-task methods (MPT, multitask prompts).
+TASK_INDEX = "task_index"
 FEATURE_KEYS = ("encoder_input_tokens", "decoder_input_tokens",
                 "decoder_target_tokens", "decoder_loss_weights")
 
@@ -370,14 +372,16 @@ class MixtureIterator:
   with `example_uniforms(seed, g)`; each task then supplies its next example
   from its own endless shuffled stream (seeded by `seed` and the task name, so
   adding a task does not reorder the others). All datasets must have the same
-  array names, trailing shapes and dtypes. Batches may carry a `task_ids`
-  [B / P] int32 array (index into `task_names`) with `emit_task_ids`.
+  array names, trailing shapes and dtypes. With `task_index` (a sequence of
+  task names naming every dataset, in the order a method indexes them;
+  names without a dataset keep their place) batches carry a
+  `task_index` [B / P] int32 array: each example's task's position in it.
   """
 
   def __init__(self, datasets: Mapping[str, ArrayDataset],
                rates: Mapping[str, float], batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1,
-               emit_task_ids: bool = False):
+               task_index: Optional[Sequence[str]] = None):
     if set(datasets) != set(rates):
       raise ValueError(f"MixtureIterator: datasets {sorted(datasets)} and "
                        f"rates {sorted(rates)} name different tasks.")
@@ -393,7 +397,11 @@ class MixtureIterator:
     self.rates = {n: float(rates[n]) for n in self.task_names}
     self._cdf = np.cumsum(rate_values / rate_values.sum())
     self.batch_size, self.seed = batch_size, seed
-    self.emit_task_ids = emit_task_ids
+    self.task_index = None if task_index is None else tuple(task_index)
+    if self.task_index is not None:
+      _check_task_order(self.task_index, self.task_names)
+      self._index_of = np.array([self.task_index.index(n) for n in self.task_names],
+                                np.int32)
     self._slice = _host_slice(batch_size, process_index, process_count)
     self.examples_seen = 0
     self._streams = {
@@ -427,8 +435,8 @@ class MixtureIterator:
       if rows.size:
         for k, v in self.datasets[name].take(indices[rows]).items():
           batch[k][rows] = v
-    if self.emit_task_ids:
-      batch["task_ids"] = tasks.astype(np.int32)
+    if self.task_index is not None:
+      batch[TASK_INDEX] = self._index_of[tasks]
     return batch
 
   def get_state(self) -> dict[str, Any]:
@@ -452,6 +460,17 @@ class MixtureIterator:
                          f"examples, now {stream.num_examples}.")
       stream.set_state(sub, f"{where}[{name!r}]")
     self.examples_seen = int(state["examples_seen"])
+
+
+def _check_task_order(order: Sequence[str], names: Sequence[str]):
+  """`order` must name every task of the mixture once (it may name more: a
+  method's task numbering can include tasks without data in this split)."""
+  duplicates = sorted({n for n in order if list(order).count(n) > 1})
+  missing = sorted(set(names) - set(order))
+  if duplicates or missing:
+    raise ValueError(
+        f"MixtureIterator task_index={list(order)} must list every mixture task "
+        f"({sorted(names)}) once: missing {missing}, repeated {duplicates}.")
 
 
 def _task_seed(seed: int, name: str) -> list[int]:

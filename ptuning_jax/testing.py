@@ -23,6 +23,12 @@ def tiny_config(**overrides) -> t5.T5Config:
   return t5.get_config("tiny", **overrides)
 
 
+def byte_config(**overrides) -> t5.T5Config:
+  """`tiny_config` over the byte vocabulary (the synthetic seqio tasks')."""
+  from ptuning_jax import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  return tiny_config(vocab_size=vocab_lib.ByteVocab().vocab_size, **overrides)
+
+
 def init_params(config: t5.T5Config, seed: int = 0) -> Params:
   """Random unboxed params of `t5.T5(config)`, drawn with numpy.
 

@@ -77,8 +77,9 @@ def build_run(*, backbone: backbones.BackboneSpec, method: Callable[..., Any],
   mesh_ = partitioning.make_mesh(mesh.data, mesh.model)
   rules = partitioning.standard_logical_axis_rules(fsdp=mesh.fsdp)
   bb = backbones.load(backbone, mesh_, rules)
-  model = model_factory(bb.module, method(backbone_config=bb.config),
-                        z_loss=z_loss)
+  method_ = method(backbone_config=bb.config)
+  _check_task_count(method_, data)
+  model = model_factory(bb.module, method_, z_loss=z_loss)
   context = prompts.InitContext(embedding=np.asarray(bb.embedding, np.float32),
                                 vocab=data.vocab)
   trainables = model.init_trainables(jax.random.key(seed), context)
@@ -90,6 +91,16 @@ def build_run(*, backbone: backbones.BackboneSpec, method: Callable[..., Any],
                                 deterministic=deterministic)
   return Run(mesh=mesh_, rules=rules, backbone=bb, model=model, trainer=trainer,
              state=trainer.place_state(state), data=data)
+
+
+def _check_task_count(method: Any, data: Any) -> None:
+  """A multi-task method's K must match the data's `task_index` numbering."""
+  names = getattr(data, "task_index_names", None)
+  num_tasks = getattr(method, "num_tasks", None)
+  if names is not None and num_tasks is not None and len(names) != num_tasks:
+    raise ValueError(
+        f"{type(method).__name__}.num_tasks={num_tasks} but the data numbers "
+        f"{len(names)} tasks (SeqioData.task_index={list(names)}).")
 
 
 def parameter_report(run: Run) -> dict:

@@ -5,19 +5,8 @@ import os
 import pytest
 
 from ptuning_jax import cli
-from ptuning_jax import hf_checkpoints
-from ptuning_jax import testing
-from ptuning_jax import vocab as vocab_lib
 
 CONFIG = "configs/synthetic_freq_prompt.gin"
-
-
-@pytest.fixture(scope="module")
-def byte_backbone(tmp_path_factory):
-  config = testing.tiny_config(vocab_size=vocab_lib.ByteVocab().vocab_size)
-  path = str(tmp_path_factory.mktemp("byte_backbone"))
-  hf_checkpoints.save_checkpoint(testing.init_params(config, seed=0), config, path)
-  return path
 
 
 def _flags(backbone, model_dir, *extra):

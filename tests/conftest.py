@@ -34,3 +34,16 @@ def t5_vocab_path(shared_data) -> pathlib.Path:
   if not path.exists():
     pytest.skip(f"{path} is absent.")
   return path
+
+
+
+@pytest.fixture(scope="session")
+def byte_backbone(tmp_path_factory) -> str:
+  """`testing.byte_config()`'s random T5 over the byte vocabulary (the
+  synthetic seqio tasks'), saved in the Hugging Face layout."""
+  from ptuning_jax import hf_checkpoints  # pylint: disable=g-import-not-at-top
+  from ptuning_jax import testing  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("byte_backbone"))
+  config = testing.byte_config()
+  hf_checkpoints.save_checkpoint(testing.init_params(config, seed=0), config, path)
+  return path

@@ -235,21 +235,35 @@ def _mixture_sets():
 
 def test_mixture_rates_are_respected():
   it = ip.MixtureIterator(_mixture_sets(), {"a": 1.0, "b": 3.0},
-                          batch_size=40, seed=0, emit_task_ids=True)
-  task_ids = np.concatenate([next(it)["task_ids"] for _ in range(100)])
-  frac_b = float(np.mean(task_ids == it.task_names.index("b")))
+                          batch_size=40, seed=0, task_index=["b", "a"])
+  task_ids = np.concatenate([next(it)["task_index"] for _ in range(100)])
+  assert task_ids.dtype == np.int32
+  frac_b = float(np.mean(task_ids == 0))
   std = np.sqrt(0.75 * 0.25 / task_ids.size)
   assert abs(frac_b - 0.75) < 4 * std, frac_b
+
+
+def test_mixture_task_index_order_is_checked_and_optional():
+  sets = _mixture_sets()
+  assert "task_index" not in next(ip.MixtureIterator(sets, {"a": 1, "b": 1}, 4, 0))
+  for order, culprit in ((["a"], r"missing \['b'\]"), (["a", "b", "a"], r"repeated \['a'\]")):
+    with pytest.raises(ValueError, match=culprit):
+      ip.MixtureIterator(sets, {"a": 1, "b": 1}, 4, 0, task_index=order)
+  # A name without data keeps its place in the numbering.
+  it = ip.MixtureIterator(sets, {"a": 1, "b": 1}, 64, 0, task_index=["c", "b", "a"])
+  batch = next(it)
+  assert set(batch["task_index"].tolist()) == {1, 2}
+  np.testing.assert_array_equal(batch["task_index"] == 2, batch["id"] < 1000)
 
 
 def test_mixture_examples_come_from_their_task_streams():
   sets = _mixture_sets()
   it = ip.MixtureIterator(sets, {"a": 1.0, "b": 1.0}, batch_size=10, seed=4,
-                          emit_task_ids=True)
+                          task_index=["a", "b"])
   seen = {"a": [], "b": []}
   for _ in range(6):  # 60 examples: both tasks well into a second epoch
     batch = next(it)
-    for tid, ex_id, x in zip(batch["task_ids"], batch["id"], batch["x"]):
+    for tid, ex_id, x in zip(batch["task_index"], batch["id"], batch["x"]):
       name = it.task_names[tid]
       np.testing.assert_array_equal(x, sets[name].arrays["x"][
           np.flatnonzero(sets[name].arrays["id"] == ex_id)[0]])

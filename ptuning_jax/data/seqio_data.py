@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import re
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import jax
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -56,6 +57,14 @@ class SeqioData:
     label_strings: rank-classification candidates; default the task's
       registered labels (`data.labels`).
     max_train_examples: use only the first N training examples (per task).
+    task_index: add the per-example feature `task_index` [B] that multi-task
+      methods (MPT, multitask prompts) read: True numbers the mixture's tasks
+      in seqio's order (by name; a single task is 0); a list of task names
+      gives the order (e.g. that of MPT's teacher prompts) and must name
+      every task of the mixture once. Evaluation batches carry the evaluated
+      task's index.
+    eval_task: the task to evaluate when `task` is a mixture (default: none,
+      so evaluating a mixture is an error).
   """
 
   def __init__(self, task: str, feature_lengths: Mapping[str, int],
@@ -63,7 +72,9 @@ class SeqioData:
                module: Optional[str | Sequence[str]] = None,
                train_split: str = "train",
                label_strings: Optional[Sequence[str]] = None,
-               max_train_examples: Optional[int] = None):
+               max_train_examples: Optional[int] = None,
+               task_index: Union[bool, Sequence[str]] = False,
+               eval_task: Optional[str] = None):
     for m in ([module] if isinstance(module, str) else (module or [])):
       importlib.import_module(m)
     from ptuning_jax.data import mpt_tasks  # pylint: disable=g-import-not-at-top
@@ -77,10 +88,42 @@ class SeqioData:
     self.task, self.feature_lengths = task, dict(feature_lengths)
     self.batch_size, self.seed, self.train_split = batch_size, seed, train_split
     self.max_train_examples = max_train_examples
+    self.task_names = (tuple(t.name for t in self.provider.tasks)
+                       if isinstance(self.provider, seqio.Mixture) else (task,))
+    self.eval_task = self._check_eval_task(eval_task)
+    self.task_index_names = self._task_order(task_index)
     self.label_strings = (tuple(label_strings) if label_strings
-                          else labels_lib.get(task))
+                          else self.eval_task and labels_lib.get(self.eval_task))
     self.vocab = self.provider.output_features["targets"].vocabulary
     self._eval_cache: dict = {}
+
+  def _check_eval_task(self, eval_task: Optional[str]) -> Optional[str]:
+    if isinstance(self.provider, seqio.Task):
+      if eval_task not in (None, self.task):
+        raise ValueError(f"SeqioData.eval_task={eval_task!r}: the run trains on the "
+                         f"single task {self.task!r}; leave eval_task unset.")
+      return self.task
+    if eval_task is not None and eval_task not in self.task_names:
+      raise ValueError(f"SeqioData.eval_task={eval_task!r} is not a task of mixture "
+                       f"{self.task!r} ({list(self.task_names)}).")
+    return eval_task
+
+  def _task_order(self, task_index: Union[bool, Sequence[str]]
+                  ) -> Optional[tuple[str, ...]]:
+    if task_index is False or task_index is None:
+      return None
+    if task_index is True:
+      return self.task_names
+    if isinstance(task_index, str):
+      raise ValueError(f"SeqioData.task_index={task_index!r}: give True or a list "
+                       "of task names.")
+    order = tuple(task_index)
+    missing = [n for n in self.task_names if n not in order]
+    repeated = sorted({n for n in order if order.count(n) > 1})
+    if missing or repeated:
+      raise ValueError(f"SeqioData.task_index={list(order)} must name every task of "
+                       f"{self.task!r} once: missing {missing}, repeated {repeated}.")
+    return order
 
   def train_iterator(self):
     with _readable_errors(self.task, self.train_split):
@@ -89,27 +132,43 @@ class SeqioData:
     kwargs = dict(process_index=jax.process_index(),
                   process_count=jax.process_count())
     if isinstance(arrays, loading.MixtureArrays):
-      return input_pipeline.MixtureIterator(arrays.datasets, arrays.rates,
-                                            self.batch_size, self.seed, **kwargs)
-    return input_pipeline.BatchIterator(arrays, self.batch_size, self.seed, **kwargs)
+      return input_pipeline.MixtureIterator(
+          arrays.datasets, arrays.rates, self.batch_size, self.seed,
+          task_index=self.task_index_names, **kwargs)
+    return input_pipeline.BatchIterator(self._with_task_index(arrays, self.task),
+                                        self.batch_size, self.seed, **kwargs)
+
+  def _with_task_index(self, dataset: input_pipeline.ArrayDataset, task: str
+                       ) -> input_pipeline.ArrayDataset:
+    """`dataset` plus the constant `task_index` [N] of `task`, if enabled."""
+    if self.task_index_names is None:
+      return dataset
+    if task not in self.task_index_names:
+      raise ValueError(f"SeqioData: task {task!r} has no place in task_index="
+                       f"{list(self.task_index_names)}.")
+    index = np.full([len(dataset)], self.task_index_names.index(task), np.int32)
+    return input_pipeline.ArrayDataset(
+        {**dataset.arrays, input_pipeline.TASK_INDEX: index}, dataset.metadata)
 
   def eval_data(self, split: str, max_examples: Optional[int] = None
                 ) -> evaluation.EvalData:
-    if not isinstance(self.provider, seqio.Task):
-      raise ValueError(f"{self.task!r} is a mixture; evaluate one of its tasks "
-                       f"({[t.name for t in self.provider.tasks]}).")
+    if self.eval_task is None:
+      raise ValueError(f"{self.task!r} is a mixture; set SeqioData.eval_task to one of "
+                       f"its tasks ({list(self.task_names)}) to evaluate.")
+    task = seqio.get_mixture_or_task(self.eval_task)
     key = (split, max_examples)
     if key not in self._eval_cache:
-      with _readable_errors(self.task, split):
+      with _readable_errors(self.eval_task, split):
         self._eval_cache[key] = loading.load_eval_set(
-            self.task, split, self.feature_lengths, max_examples=max_examples,
+            self.eval_task, split, self.feature_lengths, max_examples=max_examples,
             label_strings=self.label_strings)
     es = self._eval_cache[key]
     rank = None
     if es.candidate_targets is not None:
-      rank = lambda scores: loading.evaluate_scores(self.provider, es, scores)
+      rank = lambda scores: loading.evaluate_scores(task, es, scores)
     return evaluation.EvalData(
-        es.dataset, lambda ids: loading.evaluate_predictions(self.provider, es, ids),
+        self._with_task_index(es.dataset, self.eval_task),
+        lambda ids: loading.evaluate_predictions(task, es, ids),
         es.candidate_targets, rank)
 
   def encode_inputs(self, texts: Sequence[str]) -> input_pipeline.ArrayDataset:

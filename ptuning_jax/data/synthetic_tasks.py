@@ -1,8 +1,10 @@
 """The toy tasks of `ptuning_jax.synthetic` as seqio Tasks and a Mixture.
 
 Registered names: `synthetic_<task>` for every task in `synthetic.TASKS`
-(the held-out `synthetic_freq` included) and `synthetic_pretrain_mixture`
-(the pretraining families at equal rates). Features `inputs` / `targets` use
+(the held-out `synthetic_freq` included), `synthetic_pretrain_mixture`
+(the pretraining families at equal rates) and `synthetic_source_mixture`
+(`SOURCE_TASKS`, the short-answer families at equal rates: the source tasks
+of the MPT example configs). Features `inputs` / `targets` use
 the byte vocabulary and both end in EOS (T5 convention), so
 `input_pipeline.encode_examples(..., ByteVocab(), ...)` on the raw examples
 gives the same arrays as loading these tasks through seqio.
@@ -24,6 +26,8 @@ from ptuning_jax.data import vocabularies
 
 PREFIX = "synthetic_"
 MIXTURE_NAME = "synthetic_pretrain_mixture"
+SOURCE_MIXTURE_NAME = "synthetic_source_mixture"
+SOURCE_TASKS = ("count", "max", "more")
 SEED = 0
 SPLIT_SIZES = {"train": 10000, "validation": 500, "test": 500}
 
@@ -96,6 +100,9 @@ def register() -> None:
     seqio.MixtureRegistry.add(
         MIXTURE_NAME,
         [(task_name(t), 1.0) for t in synthetic.PRETRAIN_TASKS])
+  if SOURCE_MIXTURE_NAME not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(SOURCE_MIXTURE_NAME,
+                              [(task_name(t), 1.0) for t in SOURCE_TASKS])
 
 
 register()

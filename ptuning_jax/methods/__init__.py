@@ -41,8 +41,10 @@ import jax
 from ptuning_jax import hooks as hooks_lib
 from ptuning_jax import optimizers
 from ptuning_jax import prompts
+from ptuning_jax.methods import compose
 from ptuning_jax.methods import dept
 from ptuning_jax.methods import ia3
+from ptuning_jax.methods import lopt
 from ptuning_jax.methods import low_rank
 from ptuning_jax.methods import mpt
 from ptuning_jax.methods import multitask
@@ -121,6 +123,8 @@ register("ia3", ia3.IA3, "gin/methods/ia3.gin")
 register("multitask", multitask.MultiTaskPrompt, "gin/methods/multitask.gin")
 register("mpt", mpt.MPT, "gin/methods/mpt.gin", mpt.fold)
 register("xprompt", xprompt.XPrompt, "gin/methods/xprompt.gin", xprompt.fold)
+register("lopt2", lopt.LoPT2Prompt, "gin/methods/lopt.gin", lopt.fold)
+register("compose", compose.Composed, "gin/methods/compose.gin", compose.fold)
 
 
 # ------------------------------ README table --------------------------------
@@ -186,6 +190,8 @@ EXTRA_SETTINGS: tuple[TableRow, ...] = (
              "prompt [P, H] under fixed token/piece masks",
              lambda c: xprompt.XPrompt(c, length=100, num_pieces=16,
                                        initializer=prompts.normal())),
+    TableRow("lopt2", "LoPT-2: P=20, r=4 (any P)", "U [H, r], V [r, H] (X0 fixed)",
+             lambda c: lopt.LoPT2Prompt(c, length=20, rank=4, init_mode="random")),
 )
 
 
@@ -205,5 +211,5 @@ def parameter_table(config: Any, rows: tuple[TableRow, ...] = PAPER_SETTINGS) ->
 
 __all__ = ["MethodInfo", "REGISTRY", "register", "get", "fold", "count_params",
            "abstract_params", "parameter_table", "PAPER_SETTINGS", "EXTRA_SETTINGS",
-           "TableRow", "dept", "ia3", "low_rank", "mpt", "multitask", "prefix_tuning",
+           "TableRow", "compose", "dept", "ia3", "lopt", "low_rank", "mpt", "multitask", "prefix_tuning",
            "residual", "xprompt"]

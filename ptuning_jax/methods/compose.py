@@ -137,3 +137,28 @@ class Composed(nn.Module):
       except ValueError as e:
         raise ValueError(f"Composed part {name!r}: {e}") from None
     return merged
+
+
+def _rebuilt(module: nn.Module, backbone_config: Any, name: Optional[str] = None,
+             **unused) -> nn.Module:
+  """A fresh copy of unbound `module` (same attributes), made where it is
+  called so that Flax adopts it as a submodule named `name`."""
+  del backbone_config, unused  # the folded module keeps its own
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+            if f.init and f.name not in ("parent", "name")}
+  return type(module)(**fields, name=name)
+
+
+def fold(method: Composed, params: Mapping[str, Any]) -> tuple[Composed, dict]:
+  """Folds every part (`methods.fold`); parts without a reparameterisation
+  stay as they are. Returns (a `Composed` of the folded parts, their params)."""
+  from ptuning_jax import methods  # pylint: disable=g-import-not-at-top
+  params = nn.meta.unbox(params)
+  names = list(method.names) or [f"part_{i}" for i in range(len(method.parts))]
+  parts, folded_params = [], {}
+  for name, factory in zip(names, method.parts):
+    part = factory(backbone_config=method.backbone_config)
+    folded, folded_params[name] = methods.fold(part, params[name])
+    parts.append(functools.partial(_rebuilt, folded))
+  return Composed(method.backbone_config, parts=tuple(parts), names=tuple(names)), folded_params

@@ -7,7 +7,7 @@ The soft prompt is the product of two small matrices,
 so b (P + H) numbers train instead of P H (T5-Large, P = 100, b = 10:
 11,240 vs 102,400; DPT's Figure 1). This is DPT's decomposition and LoPT's
 first variant (Guo et al., 2024, X = U V); LoPT's second variant
-(X = sigma(X0 U) V) is not implemented.
+(X = act(X0 U) V) is `lopt.LoPT2Prompt`.
 
 Initialisation ("svd", default): the rank-b truncated SVD of an ordinary
 initial prompt (default sampled vocabulary), A = U_b sqrt(S_b),

@@ -124,8 +124,8 @@ class MultiTaskPrompt(nn.Module):
           raise ValueError(
               f"MultiTaskPrompt(task_index_source='batch') needs the batch feature "
               f"{TASK_INDEX!r} [B]; the method got "
-              f"{'no batch' if batch is None else sorted(batch)}. Decode/rank "
-              "evaluation passes no batch: use task_index_source='first_token'.")
+              f"{'no batch' if batch is None else sorted(batch)}. With seqio data "
+              "set SeqioData.task_index, or use task_index_source='first_token'.")
         index = jnp.zeros((x.shape[0],), jnp.int32)
       else:
         index = batch[TASK_INDEX]

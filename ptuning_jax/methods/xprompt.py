@@ -22,7 +22,8 @@ The driver `run_rounds` (built on `train.train`):
   round r:  score the previous round's trained prompt; prune the given
             fraction of the surviving tokens (token rounds first), then of
             each surviving token's pieces (piece rounds); rewind the prompt
-            to P0 (lottery-ticket rewinding) and retrain with the masks.
+            to P0 (lottery-ticket rewinding; or to round 0's trained prompt,
+            `rewind="trained"`) and retrain with the masks.
 It writes `xprompt_report.json` (per round: masks, surviving tokens and
 pieces, scores, metrics) and logs the survivors; `xprompt_prompt.npy` is the
 final masked prompt (a plain `SoftPrompt` prompt).
@@ -30,9 +31,18 @@ final masked prompt (a plain `SoftPrompt` prompt).
 Masked tokens stay in the input as zero vectors (P' = gamma P: positions and
 length unchanged); their parameters get zero gradient. Trainable parameters:
 P H while training; `surviving_params` counts the unmasked values.
-Not confirmed from the paper text: k (default 16, as in E2VPT's code, which
-builds on XPrompt), the pruning fractions, and piece pruning per token (an
-equal fraction of each surviving token's pieces, as E2VPT's code does).
+Paper settings as far as they could be checked here (only the abstract and
+introduction of the paper were readable; the rest comes from a close
+translation of the paper, a secondary source): T5-Large / XL / XXL,
+prompt length 20, sampled-vocabulary initialisation, Adafactor lr 0.3,
+weight decay 1e-5, batch 16; 16 pieces per token (our default k); pruning
+fractions searched linearly over 10% ... 90%, token-level then piece-level
+rounds repeated to reach a compression ratio. Rewinding: the paper cites
+weight rewinding (Renda et al.); the translation reads as resetting to the
+prompt-tuning result, the issue's spec as resetting to the initial values,
+so both are offered (`run_rounds(rewind="initial" | "trained")`, default
+"initial"). Piece pruning per token (an equal fraction of each surviving
+token's pieces) follows E2VPT's code, which builds on XPrompt.
 
 Dimension letters: B batch, P prompt length, H d_model, k pieces per token.
 """
@@ -70,6 +80,7 @@ PIECE_MASK = "xprompt_piece_mask"
 INITIAL_PROMPT = "initial_prompt.npy"
 FINAL_PROMPT = "xprompt_prompt.npy"
 REPORT = "xprompt_report.json"
+REWIND_TARGETS = ("initial", "trained")
 
 
 def piece_of(d_model: int, num_pieces: int) -> np.ndarray:
@@ -336,6 +347,7 @@ def _survivors(token_mask: np.ndarray, piece_mask: np.ndarray) -> dict:
 
 def run_rounds(*, model_dir: str, method: Callable[..., Any], num_steps: int,
                schedule: PruningSchedule = PruningSchedule(), score_batches: int = 4,
+               rewind: str = "initial",
                train_fn: Optional[Callable[..., dict]] = None, **train_kwargs) -> dict:
   """XPrompt: prompt tuning, then prune / rewind / retrain rounds.
 
@@ -346,6 +358,10 @@ def run_rounds(*, model_dir: str, method: Callable[..., Any], num_steps: int,
     num_steps: training steps of every round.
     schedule: the pruning rounds.
     score_batches: training batches averaged for the importance scores.
+    rewind: what every retraining round restarts from: "initial" (P0, the
+      values before any training: lottery-ticket rewinding, the default) or
+      "trained" (round 0's trained prompt, i.e. rewinding to the result of
+      prompt tuning).
     train_fn: `train.train` (default) or a wrapper of it.
     **train_kwargs: the rest of `train.train`'s arguments (backbone, data,
       optimizer, mesh, seed, eval_every, ...).
@@ -355,27 +371,31 @@ def run_rounds(*, model_dir: str, method: Callable[..., Any], num_steps: int,
   if train_fn is None:
     from ptuning_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     train_fn = train_lib.train
+  common.check_choice("run_rounds", "rewind", rewind, REWIND_TARGETS)
   os.makedirs(model_dir, exist_ok=True)
   probe = method(backbone_config=None)
   token, piece = probe.masks()
   initial = _initial_prompt(model_dir, method, train_kwargs)
   report = {"initial_prompt": initial, "length": probe.length,
-            "num_pieces": probe.num_pieces, "rounds": []}
+            "num_pieces": probe.num_pieces, "rewind": rewind, "rounds": []}
+  start = initial  # what the next round trains from
   for r, (level, fraction) in enumerate([("none", 0.0)] + schedule.rounds()):
     scores = None
     if r:
-      previous = report["rounds"][-1]["export"]
-      scores = _score(_method_factory(method, initial, token, piece),
-                      os.path.join(previous, "prompt.npy"), train_kwargs, score_batches)
+      previous = os.path.join(report["rounds"][-1]["export"], "prompt.npy")
+      if r == 1 and rewind == "trained":
+        start = previous
+      scores = _score(_method_factory(method, initial, token, piece), previous,
+                      train_kwargs, score_batches)
       if level == "token":
         token = prune_tokens(scores[0], token, fraction, schedule.min_tokens)
       else:
         piece = prune_pieces(scores[1], token, piece, fraction, schedule.min_pieces)
     round_dir = os.path.join(model_dir, f"round_{r}")
     metrics = train_fn(model_dir=round_dir, num_steps=num_steps,
-                       method=_method_factory(method, initial, token, piece),
+                       method=_method_factory(method, start, token, piece),
                        **train_kwargs)
-    entry = dict(round=r, level=level, fraction=fraction, metrics=metrics,
+    entry = dict(round=r, level=level, fraction=fraction, metrics=metrics, start=start,
                  export=os.path.join(round_dir, "checkpoints", checkpoints.NUMPY_DIR,
                                      str(num_steps)),
                  token_mask=token.astype(int).tolist(),
@@ -404,9 +424,19 @@ def _finish(model_dir: str, report: dict, token: np.ndarray, piece: np.ndarray) 
   return report
 
 
+def summary(report: Mapping[str, Any]) -> dict:
+  """The report's headline: survivors, surviving values, final prompt and
+  every round's final metrics."""
+  return {"survivors": report["survivors"], "surviving_params": report["surviving_params"],
+          "final_prompt": report["final_prompt"], "rewind": report.get("rewind"),
+          "rounds": [{k: r[k] for k in ("round", "level", "fraction", "metrics")}
+                     for r in report["rounds"]]}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """`python -m ptuning_jax.methods.xprompt --gin_file=... [--gin.NAME=VALUE]`:
-  `run_rounds` configured by gin (see gin/methods/xprompt.gin)."""
+  """`python -m ptuning_jax.methods.xprompt --gin_file=... [--gin.NAME=VALUE]`
+  (same as `ptuning-jax xprompt`): `run_rounds` configured by gin (see
+  gin/methods/xprompt.gin)."""
   from ptuning_jax import gin_utils  # pylint: disable=g-import-not-at-top
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   bindings, rest = gin_utils.flag_bindings(list(sys.argv[1:] if argv is None else argv))
@@ -422,8 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # importable module's function.
   from ptuning_jax.methods import xprompt as registered  # pylint: disable=g-import-not-at-top
   report = gin_utils.call(registered.run_rounds)
-  print(json.dumps({k: report[k] for k in ("survivors", "surviving_params",
-                                           "final_prompt")}, indent=2))
+  print(json.dumps(summary(report), indent=2, default=str))
   return 0
 
 

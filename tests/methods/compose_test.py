@@ -15,6 +15,7 @@ from ptuning_jax.methods import ia3
 from ptuning_jax.methods import low_rank
 from ptuning_jax.methods import mpt
 from ptuning_jax.methods import prefix_tuning
+from ptuning_jax.methods import residual
 
 P, K = 6, 3
 
@@ -116,3 +117,27 @@ def test_composed_hooks_merge():
     mt.init(clash, params)
   with pytest.raises(ValueError, match="Composed.parts is empty"):
     mt.init(compose.Composed(cfg), params)
+
+
+def test_fold_folds_every_part():
+  cfg = mt.config()
+  module, params = mt.frozen(cfg)
+  batch = mt.make_batch(cfg.vocab_size)
+  parts = (functools.partial(residual.ResidualPrompt, length=3, bottleneck=4,
+                             initializer=prompts.normal()), ia3.IA3)
+  method = compose.Composed(cfg, parts=parts, names=("residual", "ia3"))
+  tr = mt.init(method, params)
+  tr["ia3"] = jax.tree_util.tree_map(lambda x: x * 1.3, tr["ia3"])
+  folded, folded_params = methods.fold(method, tr)
+  assert sorted(folded_params["residual"]) == ["prompt"]  # the MLP is gone
+  assert methods.count_params(folded) == 3 * cfg.d_model + ia3.num_params(cfg)
+  before, _ = mt.loss(module, method, tr, params, batch)
+  after, _ = mt.loss(module, folded, folded_params, params, batch)
+  np.testing.assert_allclose(after, before, rtol=1e-6)
+
+
+def test_training_sharded_equals_unsharded(tmp_path):
+  mt.check_training(tmp_path, mt.partial(
+      compose.Composed, parts=(functools.partial(prompts.SoftPrompt, length=3,
+                                                 initializer=prompts.sampled_vocab(100)),
+                               ia3.IA3), names=("prompt", "ia3")))

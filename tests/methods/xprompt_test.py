@@ -155,3 +155,27 @@ def test_rounds_prune_rewind_and_report(tmp_path):
   np.testing.assert_array_equal(final, np.asarray(xprompt.masked_prompt(
       trained, np.array(piece_round["token_mask"]), np.array(piece_round["piece_mask"]))))
   assert (final[[i for i in range(P) if i not in kept]] == 0).all()
+
+
+def test_command_line_rounds_rewind_to_the_trained_prompt(tmp_path, byte_backbone, capsys):
+  from ptuning_jax import cli  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path / "xprompt"
+  assert cli.main(["xprompt", "--gin_file", "configs/synthetic_freq_xprompt.gin",
+                   f"--gin.CHECKPOINT_DIR='{byte_backbone}'", f"--gin.MODEL_DIR='{model_dir}'",
+                   "--gin.TRAIN_STEPS=2", "--gin.EVAL_EVERY=2", "--gin.CHECKPOINT_EVERY=2",
+                   "--gin.EVAL_MAX_EXAMPLES=16", "--gin.BATCH_SIZE=8",
+                   "--gin.PROMPT_LENGTH=4", "--gin.XPROMPT_TOKEN_FRACTIONS=[0.5]",
+                   "--gin.XPROMPT_PIECE_FRACTIONS=[]", "--gin.XPROMPT_SCORE_BATCHES=1",
+                   "--gin.XPROMPT_REWIND='trained'"]) == 0
+  out = capsys.readouterr().out
+  summary = json.loads(out[out.index("{"):])
+  assert summary["rewind"] == "trained" and len(summary["survivors"]["tokens"]) == 2
+  assert [r["level"] for r in summary["rounds"]] == ["none", "token"]
+  assert "eval/accuracy" in summary["rounds"][1]["metrics"]
+  report = json.loads((model_dir / xprompt.REPORT).read_text())
+  round0, round1 = report["rounds"]
+  assert round0["start"] == report["initial_prompt"]
+  assert round1["start"] == os.path.join(round0["export"], "prompt.npy")
+  with pytest.raises(ValueError, match="run_rounds.rewind='sideways'; expected one of"):
+    xprompt.run_rounds(model_dir=str(tmp_path / "bad"), method=None, num_steps=1,
+                       rewind="sideways")
