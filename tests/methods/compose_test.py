@@ -121,19 +121,14 @@ def test_composed_hooks_merge():
 
 def test_fold_folds_every_part():
   cfg = mt.config()
-  module, params = mt.frozen(cfg)
-  batch = mt.make_batch(cfg.vocab_size)
   parts = (functools.partial(residual.ResidualPrompt, length=3, bottleneck=4,
                              initializer=prompts.normal()), ia3.IA3)
   method = compose.Composed(cfg, parts=parts, names=("residual", "ia3"))
-  tr = mt.init(method, params)
+  tr = mt.init(method, mt.frozen(cfg)[1])
   tr["ia3"] = jax.tree_util.tree_map(lambda x: x * 1.3, tr["ia3"])
-  folded, folded_params = methods.fold(method, tr)
+  folded, folded_params = mt.check_fold(method, tr)
   assert sorted(folded_params["residual"]) == ["prompt"]  # the MLP is gone
   assert methods.count_params(folded) == 3 * cfg.d_model + ia3.num_params(cfg)
-  before, _ = mt.loss(module, method, tr, params, batch)
-  after, _ = mt.loss(module, folded, folded_params, params, batch)
-  np.testing.assert_allclose(after, before, rtol=1e-6)
 
 
 def test_training_sharded_equals_unsharded(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 from ptuning_jax import backbones
 from ptuning_jax import checkpoints
 from ptuning_jax import hf_checkpoints
+from ptuning_jax import methods
 from ptuning_jax import models
 from ptuning_jax import optimizers
 from ptuning_jax import partitioning
@@ -118,6 +119,23 @@ def init(method, params, seed: int = 0):
 def loss(module, method, trainables, params, batch, **kw):
   """(objective, metrics) of `PromptModel.loss_fn` (eager)."""
   return models.PromptModel(module, method).loss_fn(trainables, params, batch, **kw)
+
+
+def check_fold(method, trainables=None, rtol: float = 0.0):
+  """Folds `method` (on `config()`); the loss before and after must agree
+  (bit for bit by default). Returns (folded method, folded params)."""
+  cfg = method.backbone_config
+  module, params = frozen(cfg)
+  batch = make_batch(cfg.vocab_size)
+  trainables = init(method, params) if trainables is None else trainables
+  folded, folded_params = methods.fold(method, trainables)
+  before, _ = loss(module, method, trainables, params, batch)
+  after, _ = loss(module, folded, folded_params, params, batch)
+  if rtol:
+    np.testing.assert_allclose(after, before, rtol=rtol)
+  else:
+    np.testing.assert_array_equal(after, before)
+  return folded, folded_params
 
 
 # ------------------------------ data ----------------------------------------

@@ -49,16 +49,10 @@ def test_reparameterisation_formula():
 
 def test_fold_gives_identical_outputs():
   cfg = mt.config()
-  module, params = mt.frozen(cfg)
-  batch = mt.make_batch(cfg.vocab_size)
   method = residual.ResidualPrompt(cfg, length=P, bottleneck=M, dropout_rate=0.3)
-  trainables = mt.init(method, params)
-  folded, folded_params = methods.fold(method, trainables)
+  folded, _ = mt.check_fold(method)
   assert isinstance(folded, prompts.SoftPrompt)
   assert methods.count_params(folded) == P * cfg.d_model
-  before, _ = mt.loss(module, method, trainables, params, batch)
-  after, _ = mt.loss(module, folded, folded_params, params, batch)
-  np.testing.assert_array_equal(after, before)
 
 
 def test_training_sharded_equals_unsharded(tmp_path):
