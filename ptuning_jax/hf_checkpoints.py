@@ -52,17 +52,18 @@ from typing import Any, Iterator, Mapping, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
 import numpy as np
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from ptuning_jax import hf_tensors
 from ptuning_jax import partitioning
 from ptuning_jax import t5
+from ptuning_jax.hf_tensors import CheckpointMismatchError
+from ptuning_jax.hf_tensors import INDEX_NAME
+from ptuning_jax.hf_tensors import TensorMap
+from ptuning_jax.hf_tensors import WEIGHTS_NAME
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
 EMBED_ALIASES = ("shared.weight", "encoder.embed_tokens.weight",
                  "decoder.embed_tokens.weight")
 IGNORED_TENSORS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
@@ -70,26 +71,6 @@ FEED_FORWARD_PROJ = {"gated-gelu": "gated-gelu", "relu": "relu"}
 DENSE_ACT_FN = {"gated-gelu": "gelu_new", "relu": "relu"}
 
 Params = Any
-
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint's tensors do not match the model (lists every culprit)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorMap:
-  """One parameter <-> one HF tensor.
-
-  Attributes:
-    path: key path into our params tree.
-    hf_name: HF tensor name.
-    kind: layout conversion: "copy", "linear" ([out, in] <-> [in, out]),
-      "linear_heads" ([N*D, H] <-> [H, N, D]) or "linear_out_heads"
-      ([H, N*D] <-> [N, D, H]).
-  """
-  path: tuple[str, ...]
-  hf_name: str
-  kind: str
 
 
 def tensor_maps(config: t5.T5Config) -> list[TensorMap]:
@@ -139,45 +120,7 @@ def _layer_maps(config: t5.T5Config, stack: str, i: int) -> list[TensorMap]:
   return maps
 
 
-def _to_ours(array: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
-  if kind == "copy":
-    return array
-  return array.T.reshape(shape)  # all three linear kinds: transpose, split heads
-
-
-def _to_hf(array: np.ndarray, kind: str) -> np.ndarray:
-  if kind == "copy":
-    return array
-  if kind == "linear":
-    return array.T
-  if kind == "linear_heads":  # [H, N, D] -> [N * D, H]
-    return array.reshape(array.shape[0], -1).T
-  if kind == "linear_out_heads":  # [N, D, H] -> [H, N * D]
-    return array.reshape(-1, array.shape[-1]).T
-  raise ValueError(f"Unknown tensor kind {kind!r}.")
-
-
-def _hf_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
-  return tuple(_to_hf(np.empty(shape, np.int8), kind).shape)
-
-
 # --------------------------------- config -----------------------------------
-
-
-def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} does not exist.")
-  with open(path) as f:
-    return json.load(f)
-
-
-def _int_field(hf: Mapping[str, Any], key: str, path: str, default=None) -> int:
-  value = hf.get(key, default)
-  if isinstance(value, list) and len(value) == 1:
-    value = value[0]
-  if not isinstance(value, int) or isinstance(value, bool):
-    raise ValueError(f"{path}: {key}={value!r} must be an int.")
-  return value
 
 
 def load_config(ckpt_dir: str) -> t5.T5Config:
@@ -189,7 +132,7 @@ def load_config(ckpt_dir: str) -> t5.T5Config:
       declared in the config), naming the file and key.
   """
   path = os.path.join(ckpt_dir, CONFIG_NAME)
-  hf = _read_json(path)
+  hf = hf_tensors.read_json(path)
   if hf.get("model_type") not in ("t5", "mt5"):
     raise ValueError(f"{path}: model_type={hf.get('model_type')!r} is not supported "
                      "(expected 't5' or 'mt5').")
@@ -205,29 +148,29 @@ def load_config(ckpt_dir: str) -> t5.T5Config:
       proj == "gated-gelu" and act == "gelu"):  # HF maps gated-gelu to gelu_new
     raise ValueError(f"{path}: dense_act_fn={act!r} contradicts feed_forward_proj="
                      f"{proj!r} (HF uses {DENSE_ACT_FN[proj]!r}).")
-  num_layers = _int_field(hf, "num_layers", path)
+  num_layers = hf_tensors.int_field(hf, "num_layers", path)
   decoder_layers = hf.get("num_decoder_layers")
-  pad = _int_field(hf, "pad_token_id", path, 0)
+  pad = hf_tensors.int_field(hf, "pad_token_id", path, 0)
   return t5.T5Config(
-      vocab_size=_int_field(hf, "vocab_size", path),
-      d_model=_int_field(hf, "d_model", path),
-      num_heads=_int_field(hf, "num_heads", path),
-      d_kv=_int_field(hf, "d_kv", path),
-      d_ff=_int_field(hf, "d_ff", path),
+      vocab_size=hf_tensors.int_field(hf, "vocab_size", path),
+      d_model=hf_tensors.int_field(hf, "d_model", path),
+      num_heads=hf_tensors.int_field(hf, "num_heads", path),
+      d_kv=hf_tensors.int_field(hf, "d_kv", path),
+      d_ff=hf_tensors.int_field(hf, "d_ff", path),
       num_encoder_layers=num_layers,
       num_decoder_layers=(num_layers if decoder_layers is None
-                          else _int_field(hf, "num_decoder_layers", path)),
-      relative_attention_num_buckets=_int_field(
+                          else hf_tensors.int_field(hf, "num_decoder_layers", path)),
+      relative_attention_num_buckets=hf_tensors.int_field(
           hf, "relative_attention_num_buckets", path, 32),
-      relative_attention_max_distance=_int_field(
+      relative_attention_max_distance=hf_tensors.int_field(
           hf, "relative_attention_max_distance", path, 128),
       feed_forward=FEED_FORWARD_PROJ[proj],
       tie_word_embeddings=_scales_decoder_outputs(hf, path),
       dropout_rate=float(hf.get("dropout_rate", 0.1)),
       layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
       pad_token_id=pad,
-      eos_token_id=_int_field(hf, "eos_token_id", path, 1),
-      decoder_start_token_id=_int_field(hf, "decoder_start_token_id", path, pad),
+      eos_token_id=hf_tensors.int_field(hf, "eos_token_id", path, 1),
+      decoder_start_token_id=hf_tensors.int_field(hf, "decoder_start_token_id", path, pad),
   )
 
 
@@ -244,7 +187,7 @@ def _declares_tied_head(ckpt_dir: str) -> bool:
   path = os.path.join(ckpt_dir, CONFIG_NAME)
   if not os.path.exists(path):
     return False
-  return bool(_read_json(path).get("tie_word_embeddings", True))
+  return bool(hf_tensors.read_json(path).get("tie_word_embeddings", True))
 
 
 def hf_config_dict(config: t5.T5Config) -> dict:
@@ -281,47 +224,6 @@ def hf_config_dict(config: t5.T5Config) -> dict:
 # -------------------------------- tensors -----------------------------------
 
 
-class _TensorSource:
-  """Name -> (file handle) over a single-file or sharded checkpoint."""
-
-  def __init__(self, ckpt_dir: str, stack: contextlib.ExitStack):
-    single = os.path.join(ckpt_dir, WEIGHTS_NAME)
-    index = os.path.join(ckpt_dir, INDEX_NAME)
-    if os.path.exists(single):  # transformers' order: single file first
-      handle = stack.enter_context(safe_open(single, framework="numpy"))
-      self._where = {name: handle for name in handle.keys()}
-    elif os.path.exists(index):
-      weight_map = _read_json(index).get("weight_map")
-      if not isinstance(weight_map, dict):
-        raise ValueError(f"{index} has no 'weight_map' dict.")
-      files = {}
-      self._where = {}
-      for name, fname in weight_map.items():
-        if fname not in files:
-          fpath = os.path.join(ckpt_dir, fname)
-          if not os.path.exists(fpath):
-            raise FileNotFoundError(f"{index} lists {fname} for {name}; it does not exist.")
-          files[fname] = stack.enter_context(safe_open(fpath, framework="numpy"))
-        self._where[name] = files[fname]
-      for fname, handle in files.items():  # every tensor a shard holds is checked
-        for name in handle.keys():
-          if weight_map.get(name) != fname:
-            raise CheckpointMismatchError(
-                f"{os.path.join(ckpt_dir, fname)} holds {name}, which {index} "
-                f"maps to {weight_map.get(name)!r}.")
-    else:
-      raise FileNotFoundError(f"{ckpt_dir} has neither {WEIGHTS_NAME} nor {INDEX_NAME}.")
-
-  def names(self) -> set[str]:
-    return set(self._where)
-
-  def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._where[name].get_slice(name).get_shape())
-
-  def get(self, name: str) -> np.ndarray:
-    return self._where[name].get_tensor(name)
-
-
 def _abstract_params(config: t5.T5Config):
   """Boxed (logically partitioned) shapes/dtypes of the model's params, no FLOPs."""
   dummy = jnp.ones((1, 1), jnp.int32)
@@ -329,19 +231,7 @@ def _abstract_params(config: t5.T5Config):
       lambda: t5.T5(config).init(jax.random.PRNGKey(0), dummy, dummy)["params"])
 
 
-def _get_path(tree: Mapping, path: tuple[str, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def _check_tensors(source: _TensorSource, maps: list[TensorMap], abstract,
+def _check_tensors(source: hf_tensors.TensorSource, maps: list[TensorMap], abstract,
                    config: t5.T5Config, ckpt_dir: str) -> Optional[str]:
   """Validates names and shapes; returns the lm_head source name or None.
 
@@ -352,7 +242,7 @@ def _check_tensors(source: _TensorSource, maps: list[TensorMap], abstract,
   present = source.names()
   problems, expected = [], {}
   for m in maps:
-    expected[m.hf_name] = _hf_shape(tuple(_get_path(abstract, m.path).shape), m.kind)
+    expected[m.hf_name] = hf_tensors.hf_shape(tuple(hf_tensors.get_path(abstract, m.path).shape), m.kind)
   embed_shape = expected["shared.weight"]
   head_source = None
   if not config.tie_word_embeddings and "lm_head.weight" not in present:
@@ -383,7 +273,7 @@ def _check_tensors(source: _TensorSource, maps: list[TensorMap], abstract,
   return head_source
 
 
-def _embedding(source: _TensorSource, config: t5.T5Config, ckpt_dir: str) -> np.ndarray:
+def _embedding(source: hf_tensors.TensorSource, config: t5.T5Config, ckpt_dir: str) -> np.ndarray:
   """The embedding table, after checking that every tied alias equals it."""
   names = [n for n in EMBED_ALIASES if n in source.names()]
   if config.tie_word_embeddings and "lm_head.weight" in source.names():
@@ -430,11 +320,11 @@ def load_params(ckpt_dir: str, config: Optional[t5.T5Config] = None, *,
   maps = tensor_maps(config)
   params: dict = {}
   with contextlib.ExitStack() as stack:
-    source = _TensorSource(ckpt_dir, stack)
+    source = hf_tensors.TensorSource(ckpt_dir, stack)
     head_source = _check_tensors(source, maps, abstract, config, ckpt_dir)
     embedding = _embedding(source, config, ckpt_dir)
     for m in maps:
-      target = _get_path(abstract, m.path)
+      target = hf_tensors.get_path(abstract, m.path)
       if m.hf_name == "shared.weight":
         array = embedding
       elif m.hf_name == "lm_head.weight" and head_source == "embedding":
@@ -443,22 +333,15 @@ def load_params(ckpt_dir: str, config: Optional[t5.T5Config] = None, *,
                      "logits_dense is a copy of the embedding.", ckpt_dir)
       else:
         array = source.get(m.hf_name)
-      array = _to_ours(array, m.kind, tuple(target.shape)).astype(target.dtype)
-      sharding = None if shardings is None else _get_path(shardings, m.path)
+      array = hf_tensors.to_ours(array, m.kind, tuple(target.shape)).astype(target.dtype)
+      sharding = None if shardings is None else hf_tensors.get_path(shardings, m.path)
       try:
-        _set_path(params, m.path, _place(array, sharding))
+        hf_tensors.set_path(params, m.path, hf_tensors.place(array, sharding))
       except ValueError as e:  # e.g. a dim not divisible by its mesh axis
         raise ValueError(f"Cannot place {m.hf_name} as {'/'.join(m.path)} "
                          f"{array.shape} with {sharding}: {e}") from e
       del array
   return params
-
-
-def _place(array: np.ndarray, sharding) -> jax.Array:
-  if sharding is None:
-    return jax.device_put(np.ascontiguousarray(array))
-  return jax.make_array_from_callback(
-      array.shape, sharding, lambda index: np.ascontiguousarray(array[index]))
 
 
 def load_checkpoint(ckpt_dir: str, **kwargs) -> tuple[t5.T5Config, Params]:
@@ -484,7 +367,7 @@ def _hf_tensors(params: Params, config: t5.T5Config) -> Iterator[tuple[str, Any,
         f"params do not match the config: missing {sorted(wanted - ours)}, "
         f"unexpected {sorted(ours - wanted)}.")
   for m in maps:
-    yield m.hf_name, _get_path(params, m.path), m.kind
+    yield m.hf_name, hf_tensors.get_path(params, m.path), m.kind
 
 
 def save_checkpoint(params: Params, config: t5.T5Config, out_dir: str,
@@ -531,5 +414,5 @@ def save_checkpoint(params: Params, config: t5.T5Config, out_dir: str,
 
 
 def _host(entries) -> dict[str, np.ndarray]:
-  return {name: np.ascontiguousarray(_to_hf(np.asarray(jax.device_get(array)), kind))
+  return {name: np.ascontiguousarray(hf_tensors.to_hf(np.asarray(jax.device_get(array)), kind))
           for name, array, kind in entries}

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Optional, Sequence
 
+import numpy as np
 import seqio
+import tensorflow as tf
 
 from ptuning_jax.data import lester_tasks
 from ptuning_jax.data import mixtures
@@ -152,3 +154,46 @@ def inspect_task(name: str, split: str = "validation", n: int = 3,
     for i, ex in enumerate(ds.take(n).as_numpy_iterator()):
       out += _format_example(i, ex, sequence_length)
   return "\n".join(out)
+
+
+_TOKEN_STEPS = (seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim)
+
+
+def _fill(spec, values: Mapping) -> dict:
+  """A raw example of `spec` (nested TensorSpecs): `values` plus empty
+  defaults ("" / [] for strings, 0 otherwise)."""
+  out = {}
+  for key, s in spec.items():
+    if isinstance(s, dict):
+      out[key] = _fill(s, values.get(key, {}))
+    elif key in values:
+      out[key] = values[key]
+    elif s.dtype == tf.string:
+      out[key] = [] if s.shape.rank else ""
+    else:
+      out[key] = 0
+  return out
+
+
+def _to_python(value):
+  if isinstance(value, bytes):
+    return value.decode()
+  if isinstance(value, np.ndarray) and value.dtype == object:
+    return [x.decode() for x in value]
+  return value.item() if isinstance(value, np.generic) else value
+
+
+def preprocess_text(task_name: str, *raw_examples: Mapping) -> list[dict]:
+  """The task's text preprocessors (everything before tokenization) applied
+  to raw examples given as dicts of the source's fields (missing fields are
+  empty); returns the resulting examples as Python values. Shows exactly
+  what a task makes of an input, without reading its data."""
+  task = seqio.get_mixture_or_task(task_name)
+  spec = task.source.raw.signature
+  examples = [_fill(spec, r) for r in raw_examples]
+  ds = tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
+  for prep in task.preprocessors:
+    if prep in _TOKEN_STEPS or isinstance(prep, seqio.CacheDatasetPlaceholder):
+      continue
+    ds = prep(ds)
+  return [{k: _to_python(v) for k, v in ex.items()} for ex in ds.as_numpy_iterator()]

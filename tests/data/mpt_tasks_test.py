@@ -4,10 +4,10 @@ import os
 import numpy as np
 import pytest
 import seqio
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ptuning_jax.data import labels as labels_registry
+from ptuning_jax.data import inspection
 from ptuning_jax.data import lester_tasks  # noqa: F401  (registers tasks)
 from ptuning_jax.data import metrics
 from ptuning_jax.data import mpt_tasks
@@ -15,45 +15,7 @@ from ptuning_jax.data import postprocessors as post
 from ptuning_jax.data import sources
 from ptuning_jax.data import vocabularies
 
-_TOKEN_STEPS = (seqio.preprocessors.tokenize,
-                seqio.preprocessors.append_eos_after_trim)
-
-
-def _fill(spec, values):
-  """A raw example of `spec` (nested TensorSpecs): `values` + defaults."""
-  out = {}
-  for key, s in spec.items():
-    if isinstance(s, dict):
-      out[key] = _fill(s, values.get(key, {}))
-    elif key in values:
-      out[key] = values[key]
-    elif s.dtype == tf.string:
-      out[key] = [] if s.shape.rank else ""
-    else:
-      out[key] = 0
-  return out
-
-
-def run_text(task_name, *raw_examples):
-  """The task's text preprocessors on raw examples -> decoded dicts."""
-  task = seqio.get_mixture_or_task(task_name)
-  spec = task.source.raw.signature
-  examples = [_fill(spec, r) for r in raw_examples]
-  ds = tf.data.Dataset.from_generator(lambda: iter(examples),
-                                      output_signature=spec)
-  for prep in task.preprocessors:
-    if prep in _TOKEN_STEPS or isinstance(prep, seqio.CacheDatasetPlaceholder):
-      continue
-    ds = prep(ds)
-
-  def decode(v):
-    if isinstance(v, bytes):
-      return v.decode()
-    if isinstance(v, np.ndarray) and v.dtype == object:
-      return [x.decode() for x in v]
-    return v.item() if isinstance(v, np.generic) else v
-
-  return [{k: decode(v) for k, v in ex.items()} for ex in tfds.as_numpy(ds)]
+run_text = inspection.preprocess_text
 
 
 def _io(task_name, raw):
