@@ -454,12 +454,20 @@ def run(config: ExperimentConfig) -> list[dict]:
                      row["wall_seconds"], time.perf_counter() - grid_start)
   rows = [r for r in read_rows(config.results_jsonl)
           if r["task"] in config.tasks and r["method"] in config.methods]
+  if config.table_path or config.plot_path:
+    backbone = backbone or load_backbone(config)
+    for task in config.tasks:
+      if task not in datasets:
+        datasets[task] = glue_data.load_task(
+            task, config.data_dir, backbone.tokenizer, config.max_length(task),
+            config.max_eval_examples)
+    baselines = majority_scores(datasets)
   if config.table_path:
     pathlib.Path(config.table_path).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(config.table_path).write_text(
-        render_table(rows, config.tasks, config.methods) + "\n")
+        render_table(rows, config.tasks, config.methods, baselines) + "\n")
   if config.plot_path:
-    render_plot(rows, config.tasks, config.methods, config.plot_path)
+    render_plot(rows, config.tasks, config.methods, config.plot_path, baselines)
   return rows
 
 
@@ -494,12 +502,32 @@ def _average_scores(cells, method: str, tasks: Sequence[str]) -> Optional[list[f
   return [float(np.mean([s[seed] for s in per_task])) for seed in sorted(seeds)]
 
 
+def majority_scores(datasets: Mapping[str, glue_data.TaskData]) -> dict[str, float]:
+  """Per task, the score of always predicting the training set's most common
+  label (choice) on the evaluation subset; 0 for regression (a constant
+  prediction has no correlation with the labels)."""
+  out = {}
+  for task, data in datasets.items():
+    spec = data.spec
+    if spec.kind == "regression":
+      out[task] = 0.0
+      continue
+    majority = int(np.bincount(data.train.arrays["label"]).argmax())
+    labels = data.eval.arrays["label"]
+    outputs = np.zeros([len(labels), len(spec.label_names)], np.float32)  # [N, C]
+    outputs[:, majority] = 1.0
+    out[task] = glue_data.compute_metrics(spec, outputs, labels)["score"]
+  return out
+
+
 def render_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
-                 methods: Sequence[str]) -> str:
+                 methods: Sequence[str],
+                 baselines: Optional[Mapping[str, float]] = None) -> str:
   """Markdown: methods x tasks, cells `mean ± std` of the score x 100 over
   seeds, plus the average over tasks (per seed, then mean ± std), the
   trainable parameter count (largest over tasks: heads differ by C) and the
-  summed wall time of the method's runs."""
+  summed wall time of the method's runs. `baselines` (task -> score, e.g.
+  `majority_scores`) adds a last, reference row."""
   cells = aggregate(rows)
   header = (["method", "trainable params"] + [t.upper() for t in tasks]
             + ["avg", "wall (s)", "seeds"])
@@ -525,14 +553,19 @@ def render_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
     seeds = sorted({s for c in present for s in c["scores"]})
     lines.append("| " + " | ".join([method, f"{params:,}"] + values + [
         avg, f"{seconds:.0f}", ",".join(map(str, seeds))]) + " |")
+  if baselines:
+    values = [f"{100 * baselines[t]:.1f}" for t in tasks]
+    avg = f"{100 * np.mean([baselines[t] for t in tasks]):.1f}"
+    lines.append("| " + " | ".join(["*majority class*", "0"] + values + [avg, "", ""]) + " |")
   return "\n".join(lines)
 
 
 def render_plot(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
-                methods: Sequence[str], path: str | os.PathLike) -> None:
+                methods: Sequence[str], path: str | os.PathLike,
+                baselines: Optional[Mapping[str, float]] = None) -> None:
   """PNG: one panel for the task average and one per task; in each, every
   method's mean score (± std over seeds) against its trainable parameters
-  on a log x axis."""
+  on a log x axis, and the `baselines` score as a dashed line."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -560,6 +593,11 @@ def render_plot(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
       mean, std = _mean_std(scores)
       ax.errorbar([params], [100 * mean], yerr=[100 * std], fmt="o", capsize=3,
                   color=colors(m_index % 10), label=method)
+    if baselines:
+      level = (np.mean([baselines[t] for t in tasks]) if panel == "average"
+               else baselines[panel])
+      ax.axhline(100 * level, color="gray", linestyle="--", linewidth=1,
+                 label="majority class")
     ax.set_xscale("log")
     ax.set_title(panel if panel == "average" else panel.upper(), fontsize=10)
     ax.set_xlabel("trainable parameters", fontsize=8)

@@ -15,6 +15,7 @@ from ptuning_jax import bert
 from ptuning_jax import experiments
 from ptuning_jax import gin_utils
 from ptuning_jax import glue_data
+from ptuning_jax import input_pipeline
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -118,11 +119,27 @@ def test_every_method_runs_through_the_grid(dirs):
   assert stsb["p_tuning_v2"]["method_params"] == 2 * 2 * 8 * h
   assert by_key[("p_tuning_v2", "copa")]["method_params"] == 2 * 2 * 3 * h
   table = (dirs["root"] / "all.md").read_text()
-  assert table.count("\n") == 2 + len(experiments.METHODS)
+  assert table.count("\n") == 2 + len(experiments.METHODS) + 1  # + majority class
+  assert "| *majority class* | 0 |" in table
   for method in experiments.METHODS:
     assert f"| {method} |" in table
   png = (dirs["root"] / "all.png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_majority_scores_predict_the_most_common_training_label():
+  def data(task, train, evals):
+    arrays = lambda labels: input_pipeline.ArrayDataset({"label": np.asarray(labels)})
+    return glue_data.TaskData(glue_data.TASKS[task], arrays(train), arrays(evals),
+                              max_length=8, eval_total=len(evals))
+  scores = experiments.majority_scores({
+      "rte": data("rte", [1, 0, 1], [1, 0, 0, 0]),
+      "copa": data("copa", [1, 1, 0], [1, 0]),
+      "cb": data("cb", [2, 2, 1], [2, 0, 2, 1]),
+      "stsb": data("stsb", [0.5, 4.0], [1.0, 2.0])})
+  assert scores["rte"] == 0.25 and scores["copa"] == 0.5 and scores["stsb"] == 0.0
+  # CB: (accuracy + macro-F1) / 2 with "always class 2": 0.5 and (0 + 0 + 2/3) / 3.
+  np.testing.assert_allclose(scores["cb"], (0.5 + (2 / 3) / 3) / 2)
 
 
 def test_rerun_resumes_and_table_has_seed_std(dirs, monkeypatch):
