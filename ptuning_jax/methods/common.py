@@ -12,6 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ptuning_jax import hooks as hooks_lib
+from ptuning_jax import prompts
+
 Array = jax.Array
 Axes = tuple[Optional[str], ...]
 
@@ -98,3 +101,14 @@ def check_positive(owner: str, **values: int) -> None:
   for name, value in values.items():
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}.")
+
+
+def prompt_hooks(prompt: Array, placement: str) -> hooks_lib.Hooks:
+  """Hooks placing one prompt [P, H] in every example's encoder input, by
+  `prompts.PLACEMENTS[placement]` (the hook of every plain-prompt method)."""
+  combine = prompts.get_placement(placement)
+
+  def encoder_inputs(x, tokens, mask):  # x: [B, T, H]
+    return combine(broadcast_batch(prompt, x.shape[0]), x, tokens, mask)
+
+  return hooks_lib.Hooks(encoder_inputs=encoder_inputs)

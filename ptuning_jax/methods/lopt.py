@@ -120,12 +120,7 @@ class LoPT2Prompt(nn.Module):
     x0 = fixed_input(self.x0_seed, self.length, self.backbone_config.d_model)
     u, v = self._factors(x0, context)
     prompt = lopt_prompt(x0, u, v, self.activation)  # [P, H]
-    combine = prompts.get_placement(self.placement)
-
-    def encoder_inputs(x, tokens, mask):
-      return combine(common.broadcast_batch(prompt, x.shape[0]), x, tokens, mask)
-
-    return hooks_lib.Hooks(encoder_inputs=encoder_inputs)
+    return common.prompt_hooks(prompt, self.placement)
 
 
 def fold(method: LoPT2Prompt, params: Params) -> tuple[prompts.SoftPrompt, Params]:

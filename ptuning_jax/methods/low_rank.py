@@ -104,12 +104,7 @@ class LowRankPrompt(nn.Module):
                        f"{min(self.length, self.backbone_config.d_model)}.")
     a, b = self._factors(context)
     prompt = low_rank_prompt(a, b)  # [P, H]
-    combine = prompts.get_placement(self.placement)
-
-    def encoder_inputs(x, tokens, mask):
-      return combine(common.broadcast_batch(prompt, x.shape[0]), x, tokens, mask)
-
-    return hooks_lib.Hooks(encoder_inputs=encoder_inputs)
+    return common.prompt_hooks(prompt, self.placement)
 
 
 def low_rank_prompt(a: Array, b: Array) -> Array:

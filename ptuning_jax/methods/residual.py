@@ -101,12 +101,7 @@ class ResidualPrompt(nn.Module):
     raw = prompts.prompt_param(self, "prompt", self.initializer,
                                (self.length, self.backbone_config.d_model), context)
     prompt = self._mlp()(raw, deterministic)  # [P, H]
-    combine = prompts.get_placement(self.placement)
-
-    def encoder_inputs(x, tokens, mask):
-      return combine(common.broadcast_batch(prompt, x.shape[0]), x, tokens, mask)
-
-    return hooks_lib.Hooks(encoder_inputs=encoder_inputs)
+    return common.prompt_hooks(prompt, self.placement)
 
   def _mlp(self) -> ResidualMLP:
     return ResidualMLP(self.bottleneck, self.activation, self.layer_norm,
