@@ -5,6 +5,7 @@ Library code carries no gin decorators: gin files use
 """
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 from typing import Sequence
@@ -21,27 +22,49 @@ class GinConfigError(ValueError):
   """A gin file or binding could not be parsed or applied."""
 
 
+class _DropGinPathProbes(logging.Filter):
+  """gin's package-resource reader logs "Path not found" at ERROR for every
+  search-path candidate it probes (includes are tried relative to the working
+  directory first); those are not errors, so they are dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.getMessage().startswith("Path not found: ")
+                and record.pathname.endswith(os.path.join("gin", "resource_reader.py")))
+
+
+logging.getLogger().addFilter(_DropGinPathProbes())
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str],
           search_paths: Sequence[str] = ()) -> None:
   """Parses files then bindings; errors name the culprit file/binding."""
   gin.clear_config()
   for path in list(search_paths) + list(DEFAULT_SEARCH_PATHS):
     gin.add_config_file_search_path(path)
+  resolved = []
   for f in gin_files:
-    if not _resolvable(f, list(search_paths) + list(DEFAULT_SEARCH_PATHS)):
+    path = _resolve(f, list(search_paths) + list(DEFAULT_SEARCH_PATHS))
+    if path is None:
       raise GinConfigError(f"gin file {f!r} not found (searched {list(search_paths)}"
                            f" + {list(DEFAULT_SEARCH_PATHS)}).")
+    resolved.append(path)
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
+    # Absolute paths: gin's package-resource reader is never asked to import
+    # a top-level path (it crashes on a namespace package such as `configs`
+    # when the repo is on sys.path and the working directory is elsewhere).
+    gin.parse_config_files_and_bindings(resolved, list(bindings),
                                         finalize_config=False)
   except (ValueError, SyntaxError, ImportError, AttributeError, KeyError) as e:
     raise GinConfigError(f"bad gin config: {e}") from e
 
 
-def _resolvable(path: str, search_paths: Sequence[str]) -> bool:
-  if os.path.exists(path):
-    return True
-  return any(os.path.exists(os.path.join(p, path)) for p in search_paths)
+def _resolve(path: str, search_paths: Sequence[str]) -> str | None:
+  """The absolute path of a gin file: as given (absolute, or relative to the
+  working directory), else under the first search path holding it."""
+  for candidate in [path] + [os.path.join(p, path) for p in search_paths]:
+    if os.path.isfile(candidate):
+      return os.path.abspath(candidate)
+  return None
 
 
 def flag_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -1,5 +1,6 @@
 """Every shipped gin file parses; configs/ files start with their command;
 gin/models/sizes hold only dimension macros; no __init__.py under gin/."""
+import logging
 import pathlib
 import re
 
@@ -62,3 +63,10 @@ def test_bad_binding_names_the_culprit():
 def test_missing_gin_file_is_named():
   with pytest.raises(gin_utils.GinConfigError, match="nope.gin"):
     gin_utils.parse(["gin/runs/nope.gin"], [])
+
+
+def test_include_probes_are_not_logged_as_errors(tmp_path, monkeypatch, caplog):
+  monkeypatch.chdir(tmp_path)  # includes are probed relative to the cwd first
+  with caplog.at_level(logging.INFO):
+    gin_utils.parse(["configs/synthetic_freq_prompt.gin"], [])
+  assert not [r for r in caplog.records if "Path not found" in r.getMessage()]
