@@ -399,7 +399,7 @@ class MixtureIterator:
     self.batch_size, self.seed = batch_size, seed
     self.task_index = None if task_index is None else tuple(task_index)
     if self.task_index is not None:
-      _check_task_order(self.task_index, self.task_names)
+      check_task_order(self.task_index, self.task_names, "MixtureIterator task_index")
       self._index_of = np.array([self.task_index.index(n) for n in self.task_names],
                                 np.int32)
     self._slice = _host_slice(batch_size, process_index, process_count)
@@ -462,15 +462,16 @@ class MixtureIterator:
     self.examples_seen = int(state["examples_seen"])
 
 
-def _check_task_order(order: Sequence[str], names: Sequence[str]):
-  """`order` must name every task of the mixture once (it may name more: a
-  method's task numbering can include tasks without data in this split)."""
+def check_task_order(order: Sequence[str], names: Sequence[str], owner: str) -> None:
+  """A task numbering `order` must name every task of `names` once (it may
+  name more: a method's numbering can include tasks without data in a
+  split); the error names `owner`, the setting that gave it."""
   duplicates = sorted({n for n in order if list(order).count(n) > 1})
   missing = sorted(set(names) - set(order))
   if duplicates or missing:
     raise ValueError(
-        f"MixtureIterator task_index={list(order)} must list every mixture task "
-        f"({sorted(names)}) once: missing {missing}, repeated {duplicates}.")
+        f"{owner}={list(order)} must list every mixture task ({sorted(names)}) once: "
+        f"missing {missing}, repeated {duplicates}.")
 
 
 def _task_seed(seed: int, name: str) -> list[int]:

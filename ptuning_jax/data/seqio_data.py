@@ -118,11 +118,7 @@ class SeqioData:
       raise ValueError(f"SeqioData.task_index={task_index!r}: give True or a list "
                        "of task names.")
     order = tuple(task_index)
-    missing = [n for n in self.task_names if n not in order]
-    repeated = sorted({n for n in order if order.count(n) > 1})
-    if missing or repeated:
-      raise ValueError(f"SeqioData.task_index={list(order)} must name every task of "
-                       f"{self.task!r} once: missing {missing}, repeated {repeated}.")
+    input_pipeline.check_task_order(order, self.task_names, "SeqioData.task_index")
     return order
 
   def train_iterator(self):
@@ -159,15 +155,16 @@ class SeqioData:
     key = (split, max_examples)
     if key not in self._eval_cache:
       with _readable_errors(self.eval_task, split):
-        self._eval_cache[key] = loading.load_eval_set(
+        es = loading.load_eval_set(
             self.eval_task, split, self.feature_lengths, max_examples=max_examples,
             label_strings=self.label_strings)
-    es = self._eval_cache[key]
+      self._eval_cache[key] = es, self._with_task_index(es.dataset, self.eval_task)
+    es, dataset = self._eval_cache[key]
     rank = None
     if es.candidate_targets is not None:
       rank = lambda scores: loading.evaluate_scores(task, es, scores)
     return evaluation.EvalData(
-        self._with_task_index(es.dataset, self.eval_task),
+        dataset,
         lambda ids: loading.evaluate_predictions(task, es, ids),
         es.candidate_targets, rank)
 

@@ -21,6 +21,7 @@ Dimension letters: P rows of the file, m rows taken, H d_model.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -144,7 +145,6 @@ def _rebuilt(module: nn.Module, backbone_config: Any, name: Optional[str] = None
   """A fresh copy of unbound `module` (same attributes), made where it is
   called so that Flax adopts it as a submodule named `name`."""
   del backbone_config, unused  # the folded module keeps its own
-  import dataclasses  # pylint: disable=g-import-not-at-top
   fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
             if f.init and f.name not in ("parent", "name")}
   return type(module)(**fields, name=name)

@@ -48,10 +48,8 @@ Dimension letters: B batch, P prompt length, H d_model, k pieces per token.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import logging
 import os
 import sys
@@ -434,26 +432,11 @@ def summary(report: Mapping[str, Any]) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """`python -m ptuning_jax.methods.xprompt --gin_file=... [--gin.NAME=VALUE]`
-  (same as `ptuning-jax xprompt`): `run_rounds` configured by gin (see
+  """`python -m ptuning_jax.methods.xprompt --gin_file=... [--gin.NAME=VALUE]`:
+  the same as `ptuning-jax xprompt ...` (`run_rounds` configured by gin, see
   gin/methods/xprompt.gin)."""
-  from ptuning_jax import gin_utils  # pylint: disable=g-import-not-at-top
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  bindings, rest = gin_utils.flag_bindings(list(sys.argv[1:] if argv is None else argv))
-  parser = argparse.ArgumentParser(prog="python -m ptuning_jax.methods.xprompt")
-  parser.add_argument("--gin_file", action="append", default=[])
-  parser.add_argument("--gin_search_paths", default="")
-  args = parser.parse_args(rest)
-  if not args.gin_file:
-    raise SystemExit("xprompt: at least one --gin_file is required.")
-  gin_utils.parse(args.gin_file, bindings,
-                  [s for s in args.gin_search_paths.split(",") if s])
-  # Under `python -m` this file runs as __main__; gin registered the
-  # importable module's function.
-  from ptuning_jax.methods import xprompt as registered  # pylint: disable=g-import-not-at-top
-  report = gin_utils.call(registered.run_rounds)
-  print(json.dumps(summary(report), indent=2, default=str))
-  return 0
+  from ptuning_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.main(["xprompt", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
