@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import zlib
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -200,22 +200,26 @@ def _host_slice(batch_size: int, process_index: int,
   return slice(process_index * per_host, (process_index + 1) * per_host)
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int,
+def epoch_order(num_examples: int, seed: Union[int, Sequence[int]], epoch: int,
                 shuffle: bool = True) -> np.ndarray:
   """[N] example order of one epoch.
 
-  `np.random.default_rng([seed, epoch]).permutation(N)`, or `arange(N)`
-  without shuffling.
+  `np.random.default_rng([*seed, epoch]).permutation(N)` (`seed` an int or
+  a flat sequence of ints), or `arange(N)` without shuffling. The entropy
+  is flat: numpy 2.5 refuses nested seed sequences (numpy 2.4 flattened
+  them to the same stream).
   """
   if not shuffle:
     return np.arange(num_examples)
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+  entropy = [int(s) for s in np.atleast_1d(seed)] + [int(epoch)]
+  return np.random.default_rng(entropy).permutation(num_examples)
 
 
 class _Stream:
   """Endless epoch-by-epoch walk over N example indices; resumable."""
 
-  def __init__(self, num_examples: int, seed: int, shuffle: bool):
+  def __init__(self, num_examples: int, seed: Union[int, Sequence[int]],
+               shuffle: bool):
     if num_examples < 1:
       raise ValueError("cannot iterate over an empty dataset.")
     self.num_examples, self.seed, self.shuffle = num_examples, seed, shuffle

@@ -403,3 +403,15 @@ def test_prefetch_to_device_with_sharding():
     np.testing.assert_array_equal(np.asarray(got["x"]), batches[i]["x"])
   with pytest.raises(ValueError, match="size must be >= 1"):
     next(ip.prefetch_to_device(batches, size=0))
+
+
+def test_epoch_order_seed_is_flat_entropy():
+  # A mixture stream's seed is [seed, crc32(task)]: the entropy is flattened
+  # (numpy 2.5 refuses nested seed sequences), and the order is the one
+  # numpy 2.4 gave for the nested form, so saved runs resume identically.
+  np.testing.assert_array_equal(ip.epoch_order(8, [1, 2], 3), [4, 2, 6, 5, 1, 3, 7, 0])
+  np.testing.assert_array_equal(ip.epoch_order(8, [1, 2], 3),
+                                np.random.default_rng([1, 2, 3]).permutation(8))
+  np.testing.assert_array_equal(ip.epoch_order(8, 5, 0),
+                                np.random.default_rng([5, 0]).permutation(8))
+  np.testing.assert_array_equal(ip.epoch_order(5, [1, 2], 3, shuffle=False), np.arange(5))
