@@ -116,7 +116,8 @@ def run_size(size: str, args: argparse.Namespace, script: pathlib.Path) -> list[
   return records
 
 
-def _memory(record: dict) -> Optional[float]:
+def memory_gib(record: dict) -> Optional[float]:
+  """Device peak where the run reports one, else the process peak RSS."""
   if record.get("peak_mem_gib") is not None:
     return record["peak_mem_gib"]
   return record.get("child_peak_rss_gib")
@@ -132,11 +133,11 @@ def summarize(records: Sequence[dict]) -> list[dict]:
         by_system.setdefault(r["system"], []).append(r)
     ours = by_system.get("ours", [])
     ours_ex = statistics.median(r["examples_per_s"] for r in ours) if ours else None
-    ours_mem = statistics.median(_memory(r) for r in ours) if ours else None
+    ours_mem = statistics.median(memory_gib(r) for r in ours) if ours else None
     for system, runs in by_system.items():
       ex = [r["examples_per_s"] for r in runs]
       step = [r["step_s"] for r in runs]
-      mem = statistics.median(_memory(r) for r in runs)
+      mem = statistics.median(memory_gib(r) for r in runs)
       row = {"size": size, "system": system, "runs": len(runs),
              "examples_per_s": statistics.median(ex), "examples_per_s_min": min(ex),
              "examples_per_s_max": max(ex), "step_s": statistics.median(step),
@@ -160,8 +161,14 @@ def format_table(rows: Sequence[dict]) -> str:
                   f"{r['step_s']:.4f}", f"{r['memory_gib']:.2f} ({r['memory_kind']})",
                   str(r.get("speed_ratio_ours_over_this", "")),
                   str(r.get("memory_ratio_ours_over_this", "") or "")))
-  widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-  return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in lines)
+  return text_table(lines)
+
+
+def text_table(lines: Sequence[Sequence[str]]) -> str:
+  """Left-aligned columns; the first line is the header."""
+  widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+  return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip()
+                   for line in lines)
 
 
 def parser() -> argparse.ArgumentParser:
