@@ -164,6 +164,13 @@ def format_table(rows: Sequence[dict]) -> str:
   return text_table(lines)
 
 
+def write_jsonl(path: str, records: Sequence[dict]):
+  """Every run's record, one JSON object a line."""
+  with open(path, "w") as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
+
+
 def text_table(lines: Sequence[Sequence[str]]) -> str:
   """Left-aligned columns; the first line is the header."""
   widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
@@ -210,9 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
   rows = summarize(records)
   print(format_table(rows))
   if args.json_out:
-    with open(args.json_out, "w") as f:
-      for record in records:
-        f.write(json.dumps(record) + "\n")
+    write_jsonl(args.json_out, records)
   return rows
 
 

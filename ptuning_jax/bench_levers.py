@@ -201,9 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
   rows = summarize(records)
   print(format_table(rows))
   if args.json_out:
-    with open(args.json_out, "w") as f:
-      for record in records:
-        f.write(json.dumps(record) + "\n")
+    bench_compare.write_jsonl(args.json_out, records)
   return rows
 
 

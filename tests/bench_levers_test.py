@@ -1,4 +1,6 @@
 """The lever sweep: which runs it makes, how it summarises, and one real sweep."""
+import json
+
 import pytest
 
 from ptuning_jax import bench_levers
@@ -69,8 +71,9 @@ def test_error_line_is_the_exception_not_the_traceback_banner():
 
 
 @pytest.mark.slow
-def test_sweep_end_to_end_on_the_cpu(capsys):
-  rows = bench_levers.main(["--size", "tiny", "--batch", "2", "--inputs", "8",
+def test_sweep_end_to_end_on_the_cpu(capsys, tmp_path):
+  out = tmp_path / "runs.jsonl"
+  rows = bench_levers.main(["--json_out", str(out), "--size", "tiny", "--batch", "2", "--inputs", "8",
                             "--targets", "4", "--prompt", "3", "--steps", "2",
                             "--warmup", "1", "--levers", "weight gradients,attention",
                             "--bench_args", "--mesh_data 1"])
@@ -83,3 +86,6 @@ def test_sweep_end_to_end_on_the_cpu(capsys):
   assert "needs a GPU" in by["--attention cudnn"]["error"]
   assert by["--attention auto"]["examples_per_s"] > 0
   assert "lever" in capsys.readouterr().out
+  runs = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(runs) == 5 and {r["lever"] for r in runs} == {
+      "baseline", "weight gradients", "attention"}
