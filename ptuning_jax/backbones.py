@@ -79,6 +79,21 @@ def frozen_shardings(module: t5.T5, mesh, rules) -> Any:
   return partitioning.param_shardings(abstract, mesh, rules)
 
 
+def abstract(config: t5.T5Config, mesh, rules) -> Backbone:
+  """The backbone with `jax.ShapeDtypeStruct` params (shape, dtype and
+  sharding; no weights are made): for tracing and lowering a step of a
+  model that need not fit this machine (e.g. `bench --lower_only`)."""
+  module = t5.T5(config)
+  shardings = frozen_shardings(module, mesh, rules)
+  dummy = jnp.ones((1, 1), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: nn.meta.unbox(module.init(jax.random.key(0), dummy, dummy)["params"]))
+  params = jax.tree_util.tree_map(
+      lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      shapes, shardings)
+  return Backbone(module=module, params=params, shardings=shardings)
+
+
 def load(spec: BackboneSpec, mesh, rules) -> Backbone:
   """Builds the module and places its frozen params on `mesh`."""
   config = _resolve_config(spec)

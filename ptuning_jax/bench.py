@@ -34,6 +34,12 @@ the device kind is not in the table, e.g. CPU), `traced_dot_flops_per_step`
 (matmul FLOPs of the jaxpr of the real step: backward, remat recomputation
 and all), the configuration and timing details.
 
+`--lower_only` traces and lowers the step with abstract weights instead
+(`lower`): a configuration check that fits any machine, with exact counts
+only (parameters, weight bytes, FLOPs), no time or memory figure.
+`--weight_grads` also differentiates every frozen weight: the counterfactual
+of the "no weight gradients" lever (`bench_levers` sweeps all the levers).
+
 Memory: `peak_mem_gib` is the largest `device.memory_stats()
 ["peak_bytes_in_use"]` over the local devices (GPU/TPU); CPU devices have no
 memory stats, so it is null there, as in the PEFT script. `peak_rss_gib` is
@@ -250,12 +256,19 @@ def _mesh(config: BenchConfig):
   return partitioning.make_mesh(config.mesh_data, config.mesh_model, devices=devices)
 
 
-def build(config: BenchConfig) -> _Setup:
-  """Backbone, prompt, optimizer and the jitted step, placed on the mesh."""
+def build(config: BenchConfig, abstract: bool = False) -> _Setup:
+  """Backbone, prompt, optimizer and the jitted step, placed on the mesh.
+
+  `abstract`: the frozen params are `jax.ShapeDtypeStruct`s (no weights are
+  made), for `lower`.
+  """
   mesh = _mesh(config)
   rules = partitioning.standard_logical_axis_rules(fsdp=config.fsdp)
-  bb = backbones.load(backbones.BackboneSpec(config=config.model_config,
-                                             seed=config.seed), mesh, rules)
+  if abstract:
+    bb = backbones.abstract(config.model_config, mesh, rules)
+  else:
+    bb = backbones.load(backbones.BackboneSpec(config=config.model_config,
+                                               seed=config.seed), mesh, rules)
   method = prompts.SoftPrompt(backbone_config=bb.config, length=config.prompt,
                               initializer=prompts.random_uniform())
   model = models.PromptModel(bb.module, method)
@@ -395,6 +408,42 @@ def run_benchmark(config: BenchConfig) -> dict:
   return _record(config, setup, times, first_s, donation, metrics, flops_fields)
 
 
+def lower(config: BenchConfig) -> dict:
+  """Traces and lowers the step without making weights or running it.
+
+  A check of a configuration (shapes, shardings, remat policy, attention
+  selection on this backend) that fits any machine, e.g. xxl before device
+  time is spent. Reports exact counts only: parameters, the frozen weights'
+  bytes in their dtype, model and traced matmul FLOPs, the StableHLO size.
+  No time or memory figure: nothing runs.
+  """
+  start = time.perf_counter()
+  setup = build(config, abstract=True)
+  host_batch = synthetic_batch(config, config.model_config.vocab_size)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=setup.batch_sharding)
+           for k, v in host_batch.items()}
+  with partitioning.activate(setup.mesh, setup.rules):
+    traced = flops.traced_dot_flops(setup.raw_step, setup.state, setup.frozen, batch)
+    text = setup.step.lower(setup.state, setup.frozen, batch).as_text()
+  frozen_bytes = sum(x.size * x.dtype.itemsize
+                     for x in jax.tree_util.tree_leaves(setup.frozen))
+  return {
+      "system": "ptuning_jax", "lowered": True, "size": config.size,
+      "dtype": config.dtype, "batch": config.batch, "inputs": config.inputs,
+      "targets": config.targets, "prompt": config.prompt,
+      "frozen_params": setup.frozen_params,
+      "trainable_params": setup.trainable_params,
+      "frozen_weights_gib": round(frozen_bytes / 2**30, 3),
+      "model_flops_per_step": flops.train_step_flops(
+          config.model_config, config.batch, config.inputs, config.targets,
+          config.prompt),
+      "traced_dot_flops_per_step": traced, "stablehlo_bytes": len(text),
+      "platform": jax.devices()[0].platform, "mesh": dict(setup.mesh.shape),
+      "remat": config.remat, "attention": config.attention, "fsdp": config.fsdp,
+      "microbatches": config.microbatches, "weight_grads": config.weight_grads,
+      "lower_s": round(time.perf_counter() - start, 2), "jax": jax.__version__}
+
+
 def _record(config, setup, times, first_s, donation, metrics, flops_fields) -> dict:
   step_s = float(np.median(times))
   device = jax.devices()[0]
@@ -462,6 +511,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--weight_grads", action="store_true",
                  help="also differentiate every frozen weight, as a framework "
                       "that differentiates the whole model does (lever check).")
+  p.add_argument("--lower_only", action="store_true",
+                 help="trace and lower the step with abstract weights; nothing is "
+                      "allocated or run (a configuration check for any machine).")
   p.add_argument("--in_process", action="store_true",
                  help="run several --sizes in this process (memory peaks accumulate).")
   return p
@@ -506,7 +558,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
           config, RuntimeError(f"subprocess exited with {proc.returncode}")))
     else:
       try:
-        record = run_benchmark(config)
+        record = lower(config) if args.lower_only else run_benchmark(config)
       except (jax.errors.JaxRuntimeError, ValueError) as e:
         # Out of memory, or a setting this machine cannot run (e.g. cuDNN
         # attention without a GPU): reported as the configuration's record.

@@ -136,6 +136,20 @@ def test_weight_grads_lever_differentiates_the_frozen_weights(default_record):
   assert compiled[1] > 1.4 * compiled[0], compiled
 
 
+def test_lower_only_traces_the_same_step_without_weights(default_record):
+  r = _main(SHAPES + ["--mesh_data", "1", "--lower_only"])
+  assert r["lowered"] is True and "step_s" not in r and "peak_mem_gib" not in r
+  for key in ("frozen_params", "trainable_params", "model_flops_per_step",
+              "traced_dot_flops_per_step"):
+    assert r[key] == default_record[key], key
+  assert r["frozen_weights_gib"] == round(r["frozen_params"] * 4 / 2**30, 3)  # fp32
+  assert r["stablehlo_bytes"] > 0
+  setup = bench.build(bench.BenchConfig(size="tiny", batch=4, inputs=8, targets=4,
+                                        prompt=3, mesh_data=1), abstract=True)
+  assert all(isinstance(x, jax.ShapeDtypeStruct)
+             for x in jax.tree_util.tree_leaves(setup.frozen))
+
+
 def test_config_validation_names_the_flag():
   for kwargs, flag in [(dict(warmup=0), "--warmup"), (dict(batch=6, microbatches=4), "--batch"),
                        (dict(remat="some"), "--remat"), (dict(attention="flash"), "--attention"),
