@@ -15,7 +15,6 @@ the numbers say nothing about real models.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import logging
 import os
@@ -24,7 +23,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import flax.linen as nn
 

@@ -2,7 +2,6 @@
 import json
 import os
 
-import pytest
 
 from ptuning_jax import cli
 

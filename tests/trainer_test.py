@@ -1,10 +1,8 @@
 """Train-step invariants: only trainables change, optimizer state covers only
 the trainables, sharded equals unsharded, one compilation, microbatching."""
-import functools
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
