@@ -71,12 +71,15 @@ def _resolve_config(spec: BackboneSpec) -> t5.T5Config:
   return dataclasses.replace(config, **overrides)
 
 
+def _boxed_shapes(module: t5.T5) -> Any:
+  """The params' shapes and dtypes with their logical-axis boxes (no weights)."""
+  dummy = jnp.ones((1, 1), jnp.int32)
+  return jax.eval_shape(lambda: module.init(jax.random.key(0), dummy, dummy)["params"])
+
+
 def frozen_shardings(module: t5.T5, mesh, rules) -> Any:
   """NamedSharding tree of the backbone's params from their logical axes."""
-  dummy = jnp.ones((1, 1), jnp.int32)
-  abstract = jax.eval_shape(
-      lambda: module.init(jax.random.key(0), dummy, dummy)["params"])
-  return partitioning.param_shardings(abstract, mesh, rules)
+  return partitioning.param_shardings(_boxed_shapes(module), mesh, rules)
 
 
 def abstract(config: t5.T5Config, mesh, rules) -> Backbone:
@@ -84,13 +87,11 @@ def abstract(config: t5.T5Config, mesh, rules) -> Backbone:
   sharding; no weights are made): for tracing and lowering a step of a
   model that need not fit this machine (e.g. `bench --lower_only`)."""
   module = t5.T5(config)
-  shardings = frozen_shardings(module, mesh, rules)
-  dummy = jnp.ones((1, 1), jnp.int32)
-  shapes = jax.eval_shape(
-      lambda: nn.meta.unbox(module.init(jax.random.key(0), dummy, dummy)["params"]))
+  boxed = _boxed_shapes(module)
+  shardings = partitioning.param_shardings(boxed, mesh, rules)
   params = jax.tree_util.tree_map(
       lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      shapes, shardings)
+      nn.meta.unbox(boxed), shardings)
   return Backbone(module=module, params=params, shardings=shardings)
 
 

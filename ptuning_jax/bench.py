@@ -304,14 +304,12 @@ def weight_gradient_step(state: trainer_lib.TrainState, frozen, batch, *,
   `frozen_grad_norm` so that XLA cannot drop their computation; the prompt
   update is `train_step`'s.
   """
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   grad_fn = jax.value_and_grad(model.loss_fn, argnums=(0, 1), has_aux=True)
-  (_, aux), (grads, frozen_grads) = grad_fn(state.params, frozen, batch, rng, True)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  (_, aux), (grads, frozen_grads) = grad_fn(
+      state.params, frozen, batch, trainer_lib.step_rng(state), True)
   metrics = dict(aux, grad_norm=optax.global_norm(grads),
                  frozen_grad_norm=optax.global_norm(frozen_grads))
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return trainer_lib.apply_gradients(state, grads, tx), metrics
 
 
 def _batches(config: BenchConfig, setup: _Setup, host_batch, count: int):
@@ -369,10 +367,14 @@ def _memory_fields() -> dict:
           "peak_rss_gib": round(rss_bytes / 2**30, 3)}
 
 
+def _model_flops(config: BenchConfig) -> int:
+  """Forward + input-gradient backward FLOPs of one step (`flops`)."""
+  return flops.train_step_flops(config.model_config, config.batch, config.inputs,
+                                config.targets, config.prompt)
+
+
 def _flops_fields(config: BenchConfig, setup: _Setup, traced: int, step_s: float):
-  cfg = config.model_config
-  model_flops = flops.train_step_flops(cfg, config.batch, config.inputs,
-                                       config.targets, config.prompt)
+  model_flops = _model_flops(config)
   device = jax.devices()[0]
   peak = peak_flops(device.device_kind)
   num_devices = setup.mesh.devices.size
@@ -428,15 +430,11 @@ def lower(config: BenchConfig) -> dict:
   frozen_bytes = sum(x.size * x.dtype.itemsize
                      for x in jax.tree_util.tree_leaves(setup.frozen))
   return {
-      "system": "ptuning_jax", "lowered": True, "size": config.size,
-      "dtype": config.dtype, "batch": config.batch, "inputs": config.inputs,
-      "targets": config.targets, "prompt": config.prompt,
+      **_header(config), "lowered": True,
       "frozen_params": setup.frozen_params,
       "trainable_params": setup.trainable_params,
       "frozen_weights_gib": round(frozen_bytes / 2**30, 3),
-      "model_flops_per_step": flops.train_step_flops(
-          config.model_config, config.batch, config.inputs, config.targets,
-          config.prompt),
+      "model_flops_per_step": _model_flops(config),
       "traced_dot_flops_per_step": traced, "stablehlo_bytes": len(text),
       "platform": jax.devices()[0].platform, "mesh": dict(setup.mesh.shape),
       "remat": config.remat, "attention": config.attention, "fsdp": config.fsdp,
@@ -449,9 +447,7 @@ def _record(config, setup, times, first_s, donation, metrics, flops_fields) -> d
   device = jax.devices()[0]
   tokens = config.batch * (config.inputs + config.prompt + config.targets)
   record = {
-      "system": "ptuning_jax", "size": config.size, "dtype": config.dtype,
-      "batch": config.batch, "inputs": config.inputs, "targets": config.targets,
-      "prompt": config.prompt, "frozen_params": setup.frozen_params,
+      **_header(config), "frozen_params": setup.frozen_params,
       "trainable_params": setup.trainable_params,
       "step_s": round(step_s, 5), "examples_per_s": round(config.batch / step_s, 1),
       "tokens_per_s": round(tokens / step_s, 1),
@@ -475,10 +471,15 @@ def _record(config, setup, times, first_s, donation, metrics, flops_fields) -> d
 def _error_record(config: BenchConfig, error: Exception) -> dict:
   message = str(error).splitlines()[0] if str(error) else type(error).__name__
   oom = "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
+  return {**_header(config),
+          "error": "out of memory" if oom else f"{type(error).__name__}: {message}"}
+
+
+def _header(config: BenchConfig) -> dict:
+  """The fields every record starts with (the PEFT script's shape fields)."""
   return {"system": "ptuning_jax", "size": config.size, "dtype": config.dtype,
           "batch": config.batch, "inputs": config.inputs, "targets": config.targets,
-          "prompt": config.prompt,
-          "error": "out of memory" if oom else f"{type(error).__name__}: {message}"}
+          "prompt": config.prompt}
 
 
 # ------------------------------------ CLI ------------------------------------

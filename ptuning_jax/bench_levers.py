@@ -72,18 +72,10 @@ def variants(dtype: str, bench_args: Sequence[str]) -> list[tuple[str, str, list
   return out
 
 
-def bench_command(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
-  return ([sys.executable, "-m", "ptuning_jax.bench", "--size", args.size,
-           "--batch", str(args.batch), "--inputs", str(args.inputs),
-           "--targets", str(args.targets), "--prompt", str(args.prompt),
-           "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--dtype", args.dtype] + args.bench_args.split() + list(extra))
-
-
 def run_variant(args: argparse.Namespace, lever: str, name: str,
                 extra: Sequence[str]) -> dict:
   """One run; a record with `error` (the run's own words) if it failed."""
-  cmd = bench_command(args, extra)
+  cmd = bench_compare.ours_command(args.size, args) + list(extra)
   record, rss, tail = bench_compare.run_child(cmd)
   if record is None or "step_s" not in record:
     record = {"error": (record or {}).get("error") or _error_line(tail)}

@@ -96,16 +96,25 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, *,
                num_microbatches: int = 1, deterministic: bool = False,
                lr_fn: Optional[Callable[[Array], Array]] = None):
   """One optimizer step on the trainables. Returns (new state, metrics)."""
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  aux, grads = compute_gradients(model, state.params, frozen, batch, rng,
+  aux, grads = compute_gradients(model, state.params, frozen, batch, step_rng(state),
                                  num_microbatches, deterministic)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   metrics = dict(aux, grad_norm=optax.global_norm(grads))
   if lr_fn is not None:
     metrics["learning_rate"] = lr_fn(state.step)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  return new_state, metrics
+  return apply_gradients(state, grads, tx), metrics
+
+
+def step_rng(state: TrainState) -> Array:
+  """This step's key: the state's key folded with the step number."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def apply_gradients(state: TrainState, grads: Params,
+                    tx: optax.GradientTransformation) -> TrainState:
+  """The optimizer update of the trainables; the step advances by one."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 
 
 def eval_step(params: Params, frozen: Params, batch: Batch, *,
