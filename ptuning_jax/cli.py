@@ -12,7 +12,7 @@
 
 Every gin-driven command takes `--gin_file` (repeatable), `--gin.NAME=VALUE`
 bindings and `--gin_search_paths` (comma-separated). Kept thin: the work is in
-importable functions (`ptuning_jax.train`, `ptuning_jax.demo`, ...).
+importable functions (`ptuning_jax.training.run`, `ptuning_jax.projects.demo`, ...).
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # command -> (module, gin-configured function, summary of its result or None)
 GIN_COMMANDS = {
-    "train": ("ptuning_jax.train", "train", None),
-    "eval": ("ptuning_jax.train", "evaluate", None),
-    "infer": ("ptuning_jax.train", "infer", None),
+    "train": ("ptuning_jax.training.run", "train", None),
+    "eval": ("ptuning_jax.training.run", "evaluate", None),
+    "infer": ("ptuning_jax.training.run", "infer", None),
     "xprompt": ("ptuning_jax.methods.xprompt", "run_rounds", "summary"),
 }
 
@@ -74,7 +74,7 @@ def _tasks(argv):
   args = p.parse_args(argv)
   for m in args.module:
     importlib.import_module(m)
-  from ptuning_jax.data import inspection
+  from ptuning_jax.data.seqio import inspection
   print(inspection.format_task_table(inspection.list_tasks(with_sizes=args.sizes)))
 
 
@@ -87,23 +87,23 @@ def _inspect(argv):
   args = p.parse_args(argv)
   for m in args.module:
     importlib.import_module(m)
-  from ptuning_jax.data import inspection
+  from ptuning_jax.data.seqio import inspection
   print(inspection.inspect_task(args.task, split=args.split, n=args.n))
 
 
 def _demo(argv):
-  from ptuning_jax import demo
+  from ptuning_jax.projects import demo
   demo.main(argv)
 
 
 def _bench(argv):
-  from ptuning_jax import bench
+  from ptuning_jax.projects.bench import bench
   bench.main(argv)
 
 
 def _experiments(argv):
-  from ptuning_jax import experiments
-  experiments.main(argv)
+  from ptuning_jax.projects import method_comparison
+  method_comparison.main(argv)
 
 
 COMMANDS = {"tasks": _tasks, "inspect": _inspect, "demo": _demo, "bench": _bench,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptuning_jax import t5
+from ptuning_jax.backbones import t5
 
 Params = Any
 
@@ -25,7 +25,7 @@ def tiny_config(**overrides) -> t5.T5Config:
 
 def byte_config(**overrides) -> t5.T5Config:
   """`tiny_config` over the byte vocabulary (the synthetic seqio tasks')."""
-  from ptuning_jax import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from ptuning_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   return tiny_config(vocab_size=vocab_lib.ByteVocab().vocab_size, **overrides)
 
 

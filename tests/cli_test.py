@@ -30,7 +30,7 @@ def test_train_eval_infer(tmp_path, byte_backbone, capsys):
   assert cli.main(["train", *_flags(byte_backbone, model_dir)]) == 0
   for name in ("config.gin", "operative_config.gin", "metrics.jsonl", "hparams.json"):
     assert (model_dir / name).exists(), name
-  assert "prompts.SoftPrompt.length = %PROMPT_LENGTH" in (
+  assert "prompt_tuning.SoftPrompt.length = %PROMPT_LENGTH" in (
       model_dir / "operative_config.gin").read_text()
   assert sorted(os.listdir(model_dir / "checkpoints" / "numpy")) == ["2", "4"]
   train_out = capsys.readouterr().out

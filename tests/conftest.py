@@ -41,9 +41,9 @@ def t5_vocab_path(shared_data) -> pathlib.Path:
 def byte_backbone(tmp_path_factory) -> str:
   """`testing.byte_config()`'s random T5 over the byte vocabulary (the
   synthetic seqio tasks'), saved in the Hugging Face layout."""
-  from ptuning_jax import hf_checkpoints  # pylint: disable=g-import-not-at-top
+  from ptuning_jax.backbones.hf import t5 as hf_t5  # pylint: disable=g-import-not-at-top
   from ptuning_jax import testing  # pylint: disable=g-import-not-at-top
   path = str(tmp_path_factory.mktemp("byte_backbone"))
   config = testing.byte_config()
-  hf_checkpoints.save_checkpoint(testing.init_params(config, seed=0), config, path)
+  hf_t5.save_checkpoint(testing.init_params(config, seed=0), config, path)
   return path

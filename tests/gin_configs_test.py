@@ -57,7 +57,7 @@ def test_no_init_py_in_gin_dir():
 
 def test_bad_binding_names_the_culprit():
   with pytest.raises(gin_utils.GinConfigError, match="num_stepz"):
-    gin_utils.parse(["gin/runs/prompt_finetune.gin"], ["train.train.num_stepz = 3"])
+    gin_utils.parse(["gin/runs/prompt_finetune.gin"], ["run.train.num_stepz = 3"])
 
 
 def test_missing_gin_file_is_named():

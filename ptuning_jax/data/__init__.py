@@ -1,15 +1,5 @@
-"""SeqIO tasks, vocabularies and data sources. Needs the `data` extra (TF).
+"""Where data comes from: TF-free readers, metrics, pipelines and vocabularies.
 
-TensorFlow only feeds the input pipeline here: it is kept off accelerators so
-it never competes with JAX for GPU memory.
+`ptuning_jax.data.seqio` (SeqIO tasks and mixtures) is the only place that
+imports TensorFlow; it needs the `data` extra.
 """
-import os as _os
-
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import tensorflow as _tf  # noqa: E402
-
-try:
-  _tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF already initialised its devices; nothing to hide now.
-  pass

@@ -1,7 +1,7 @@
 """Benchmark metrics, seqio-style: `fn(targets, predictions) -> {name: value}`.
 
 Values are percentages (x100), as in T5 and DePT. Predictions arrive
-postprocessed (`ptuning_jax.data.postprocessors`): class indices where an
+postprocessed (`ptuning_jax.data.seqio.postprocessors`): class indices where an
 invalid generation is `INVALID` (-1), floats for STS-B, strings for QA.
 An invalid prediction is always wrong: accuracy never matches it, binary F1
 and Matthews count it as the opposite of the target (T5/DePT

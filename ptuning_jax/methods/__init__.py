@@ -1,6 +1,6 @@
 """Prompt methods: one Flax module each, all plugged in through `hooks.Hooks`.
 
-The interface (every method follows it; `prompts.SoftPrompt` is the
+The interface (every method follows it; `prompt_tuning.SoftPrompt` is the
 reference):
 
   * A method is a Linen module whose first attribute is `backbone_config`
@@ -14,7 +14,7 @@ reference):
     None at init and in decode/rank evaluation.
   * The method holds ALL trainable parameters (the frozen backbone's are a
     separate tree). A parameter whose initialiser reads `context` must be
-    made with `prompts.prompt_param` (or `common.joint_params`). Logical
+    made with `initializers.prompt_param` (or `common.joint_params`). Logical
     axes of method parameters are the replicated `partitioning.PROMPT_AXES`.
   * It only fills hook fields (input prompts/offsets, per-layer key/value
     prefixes, layer inputs, activation scales); the backbone never knows
@@ -39,8 +39,9 @@ from typing import Any, Callable, Optional
 import jax
 
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import optimizers
-from ptuning_jax import prompts
+from ptuning_jax.training import optimizers
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import prompt_tuning
 from ptuning_jax.methods import compose
 from ptuning_jax.methods import dept
 from ptuning_jax.methods import ia3
@@ -98,7 +99,7 @@ def fold(method: Any, params: Params) -> tuple[Any, Params]:
                    f"registered: {sorted(REGISTRY)}.")
 
 
-def abstract_params(method: Any, context: prompts.InitContext = prompts.InitContext()
+def abstract_params(method: Any, context: initializers.InitContext = initializers.InitContext()
                     ) -> Params:
   """Shapes of the method's trainable parameters (nothing is computed)."""
   return jax.eval_shape(lambda rng: method.init(rng, 1, context)["params"],
@@ -106,12 +107,12 @@ def abstract_params(method: Any, context: prompts.InitContext = prompts.InitCont
 
 
 def count_params(method: Any,
-                 context: prompts.InitContext = prompts.InitContext()) -> int:
+                 context: initializers.InitContext = initializers.InitContext()) -> int:
   """Number of trainable parameters of `method` (from its parameter shapes)."""
   return optimizers.num_params(abstract_params(method, context))
 
 
-register("prompt_tuning", prompts.SoftPrompt, "gin/methods/prompt_tuning.gin")
+register("prompt_tuning", prompt_tuning.SoftPrompt, "gin/methods/prompt_tuning.gin")
 register("prefix_tuning", prefix_tuning.PrefixTuning, "gin/methods/prefix_tuning.gin",
          prefix_tuning.fold)
 register("dept", dept.DePT, "gin/methods/dept.gin")
@@ -143,12 +144,12 @@ class TableRow:
 
 
 def _random(**kw):
-  return dict(initializer=prompts.normal(), **kw)
+  return dict(initializer=initializers.normal(), **kw)
 
 
 PAPER_SETTINGS: tuple[TableRow, ...] = (
     TableRow("prompt_tuning", "Lester et al.: P=100", "prompt [P, H]",
-             lambda c: prompts.SoftPrompt(c, **_random(length=100))),
+             lambda c: prompt_tuning.SoftPrompt(c, **_random(length=100))),
     TableRow("prefix_tuning", "P=100, encoder prefixes", "key/value [L, P, N, D] per layer",
              lambda c: prefix_tuning.PrefixTuning(c, length=100)),
     TableRow("prefix_tuning", "P=100, encoder + decoder self/cross",
@@ -169,12 +170,12 @@ PAPER_SETTINGS: tuple[TableRow, ...] = (
              "vectors [L, N D] / [L, F] per site", lambda c: ia3.IA3(c)),
     TableRow("multitask", "add, P=100, K=6 tasks", "shared [P, H] + K task [P, H]",
              lambda c: multitask.MultiTaskPrompt(
-                 c, num_tasks=6, length=100, shared_initializer=prompts.normal(),
-                 task_initializer=prompts.normal())),
+                 c, num_tasks=6, length=100, shared_initializer=initializers.normal(),
+                 task_initializer=initializers.normal())),
     TableRow("multitask", "concat, Ps=50, Pt=50, K=6 tasks", "shared [Ps, H] + K task [Pt, H]",
              lambda c: multitask.MultiTaskPrompt(
                  c, num_tasks=6, length=50, task_length=50, combine="concat",
-                 shared_initializer=prompts.normal(), task_initializer=prompts.normal())),
+                 shared_initializer=initializers.normal(), task_initializer=initializers.normal())),
 )
 
 
@@ -189,7 +190,7 @@ EXTRA_SETTINGS: tuple[TableRow, ...] = (
     TableRow("xprompt", "P=100, k=16 pieces (training; pruning masks part)",
              "prompt [P, H] under fixed token/piece masks",
              lambda c: xprompt.XPrompt(c, length=100, num_pieces=16,
-                                       initializer=prompts.normal())),
+                                       initializer=initializers.normal())),
     TableRow("lopt2", "LoPT-2: P=20, r=4 (any P)", "U [H, r], V [r, H] (X0 fixed)",
              lambda c: lopt.LoPT2Prompt(c, length=20, rank=4, init_mode="random")),
 )

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import prompts
+from ptuning_jax.methods import placements
 
 Array = jax.Array
 Axes = tuple[Optional[str], ...]
@@ -105,8 +105,8 @@ def check_positive(owner: str, **values: int) -> None:
 
 def prompt_hooks(prompt: Array, placement: str) -> hooks_lib.Hooks:
   """Hooks placing one prompt [P, H] in every example's encoder input, by
-  `prompts.PLACEMENTS[placement]` (the hook of every plain-prompt method)."""
-  combine = prompts.get_placement(placement)
+  `placements.PLACEMENTS[placement]` (the hook of every plain-prompt method)."""
+  combine = placements.get_placement(placement)
 
   def encoder_inputs(x, tokens, mask):  # x: [B, T, H]
     return combine(broadcast_batch(prompt, x.shape[0]), x, tokens, mask)

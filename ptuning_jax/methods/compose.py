@@ -30,9 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptuning_jax import checkpoints
+from ptuning_jax.training import checkpoints
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import prompt_tuning
 from ptuning_jax.methods import mpt
 
 Array = jax.Array
@@ -53,7 +54,7 @@ def _take_rows(value: np.ndarray, shape: tuple[int, ...], start: int, what: str
   return value[start:start + shape[0]]
 
 
-def from_npy(path: str, start: int = 0) -> prompts.Initializer:
+def from_npy(path: str, start: int = 0) -> initializers.Initializer:
   """Initialiser: a saved `.npy` (any shape), or rows [start, start + m) of a
   longer one (e.g. the first m rows of a 100-token prompt for DePT's m)."""
   def init(rng, shape, context):
@@ -88,7 +89,7 @@ def mpt_prompt(source: str, task: Optional[int] = None,
 
 
 def from_mpt(source: str, task: Optional[int] = None, start: int = 0,
-             length: Optional[int] = None) -> prompts.Initializer:
+             length: Optional[int] = None) -> initializers.Initializer:
   """Initialiser: rows [start, start + m) of `mpt_prompt(source, task)`."""
   def init(rng, shape, context):
     del rng, context
@@ -109,7 +110,7 @@ class Composed(nn.Module):
   Attributes:
     backbone_config: the backbone config, passed to every part.
     parts: method factories (`factory(backbone_config=...)`, e.g. gin's
-      `@prompts.SoftPrompt` or `functools.partial(ia3.IA3)`).
+      `@prompt_tuning.SoftPrompt` or `functools.partial(ia3.IA3)`).
     names: a name per part (its parameter subtree); default part_0, ...
   Encoder-input hooks chain in order (part 0 first); any other field set by
   two parts is an error. Auxiliary losses of every part are kept.
@@ -120,7 +121,7 @@ class Composed(nn.Module):
 
   @nn.compact
   def __call__(self, batch_size: int,
-               context: prompts.InitContext = prompts.InitContext(),
+               context: initializers.InitContext = initializers.InitContext(),
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     if not self.parts:

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import placements
 from ptuning_jax.methods import common
 
 Array = jax.Array
@@ -42,7 +43,7 @@ Array = jax.Array
 DEPT_INIT_TEXT = "Classify this text is postive or not:"
 
 
-def repeated_text(prompt_text: str = DEPT_INIT_TEXT) -> prompts.Initializer:
+def repeated_text(prompt_text: str = DEPT_INIT_TEXT) -> initializers.Initializer:
   """Embeddings of `prompt_text`'s pieces, repeated (and truncated) to fill the
   prompt: PEFT's and DePT's TEXT initialisation (no EOS appended)."""
   def init(rng, shape, context):
@@ -81,20 +82,20 @@ class DePT(nn.Module):
     max_length: s, the maximum (padded) input length.
     alpha: `lora_alpha`; the offset is scaled by alpha / sqrt(r).
     initializer: of the short prompt (default sampled vocabulary; DePT's own
-      default is `repeated_text()`, PEFT's RANDOM is `prompts.normal()`).
+      default is `repeated_text()`, PEFT's RANDOM is `initializers.normal()`).
     a_initializer: of A [s, r].
     b_initializer: of B [r, H].
-    placement: where the prompt goes (`prompts.PLACEMENTS`), default prefix.
+    placement: where the prompt goes (`placements.PLACEMENTS`), default prefix.
   """
   backbone_config: Any
   length: int = 60
   rank: int = 30
   max_length: int = 256
   alpha: float = 8.0
-  initializer: prompts.Initializer = dataclasses.field(
-      default_factory=prompts.sampled_vocab)
-  a_initializer: prompts.Initializer = kaiming_uniform_a
-  b_initializer: prompts.Initializer = zeros
+  initializer: initializers.Initializer = dataclasses.field(
+      default_factory=initializers.sampled_vocab)
+  a_initializer: initializers.Initializer = kaiming_uniform_a
+  b_initializer: initializers.Initializer = zeros
   placement: str = "prefix"
 
   @property
@@ -103,22 +104,22 @@ class DePT(nn.Module):
 
   @nn.compact
   def __call__(self, batch_size: int,
-               context: prompts.InitContext = prompts.InitContext(),
+               context: initializers.InitContext = initializers.InitContext(),
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del deterministic, batch, batch_size
     common.check_positive("DePT", length=self.length, rank=self.rank,
                           max_length=self.max_length)
     embed = self.backbone_config.d_model
-    prompt = prompts.prompt_param(self, "prompt", self.initializer,
+    prompt = initializers.prompt_param(self, "prompt", self.initializer,
                                   (self.length, embed), context)  # [m, H]
-    a = prompts.prompt_param(self, "low_rank_a", self.a_initializer,
+    a = initializers.prompt_param(self, "low_rank_a", self.a_initializer,
                              (self.max_length, self.rank), context,
                              (None, "prompt_rank"))  # [s, r]
-    b = prompts.prompt_param(self, "low_rank_b", self.b_initializer,
+    b = initializers.prompt_param(self, "low_rank_b", self.b_initializer,
                              (self.rank, embed), context,
                              ("prompt_rank", "prompt_embed"))  # [r, H]
-    combine = prompts.get_placement(self.placement)
+    combine = placements.get_placement(self.placement)
     scaling, max_length = self.scaling, self.max_length
 
     def encoder_inputs(x, tokens, mask):

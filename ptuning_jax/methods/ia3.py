@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
 from ptuning_jax.methods import common
 
 Array = jax.Array
@@ -50,11 +50,11 @@ def site_shape(config: Any, site: str) -> tuple[int, int]:
 class _StackScales(nn.Module):
   """The scale vectors of one stack."""
   shapes: Mapping[str, tuple[int, int]]
-  initializer: prompts.Initializer
+  initializer: initializers.Initializer
 
   @nn.compact
-  def __call__(self, context: prompts.InitContext) -> dict[str, Array]:
-    return {name: prompts.prompt_param(self, name, self.initializer, shape, context,
+  def __call__(self, context: initializers.InitContext) -> dict[str, Array]:
+    return {name: initializers.prompt_param(self, name, self.initializer, shape, context,
                                        ("prompt_layers", "scale"))
             for name, shape in self.shapes.items()}
 
@@ -69,11 +69,11 @@ class IA3(nn.Module):
   """
   backbone_config: Any
   sites: Sequence[str] = hooks_lib.SCALE_SITES
-  initializer: prompts.Initializer = ones
+  initializer: initializers.Initializer = ones
 
   @nn.compact
   def __call__(self, batch_size: int,
-               context: prompts.InitContext = prompts.InitContext(),
+               context: initializers.InitContext = initializers.InitContext(),
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del batch_size, deterministic, batch

@@ -21,7 +21,7 @@ activation (`activation`, default "sigmoid", the usual reading of sigma),
 how X0 is made, and the initialisation of U and V. The paper reports its
 best results near P = 20 with r between 2 and 5 (secondary source).
 
-`fold` turns it into a plain `prompts.SoftPrompt` holding the prompt.
+`fold` turns it into a plain `prompt_tuning.SoftPrompt` holding the prompt.
 
 Dimension letters: B batch, P prompt length, r rank, H d_model.
 """
@@ -35,7 +35,9 @@ import jax
 import jax.numpy as jnp
 
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import placements
+from ptuning_jax.methods import prompt_tuning
 from ptuning_jax.methods import common
 
 Array = jax.Array
@@ -71,7 +73,7 @@ class LoPT2Prompt(nn.Module):
     init_mode: "fit" (V fitted to `initializer`'s prompt) or "random".
     initializer: the prompt V is fitted to ("fit").
     v_initializer: V's initialiser ("random").
-    placement: prompt placement (`prompts.PLACEMENTS`).
+    placement: prompt placement (`placements.PLACEMENTS`).
   """
   backbone_config: Any
   length: int = 20
@@ -79,10 +81,10 @@ class LoPT2Prompt(nn.Module):
   activation: str = "sigmoid"
   x0_seed: int = 0
   init_mode: str = "fit"
-  initializer: prompts.Initializer = dataclasses.field(
-      default_factory=prompts.sampled_vocab)
-  v_initializer: prompts.Initializer = dataclasses.field(
-      default_factory=lambda: prompts.normal(0.1))
+  initializer: initializers.Initializer = dataclasses.field(
+      default_factory=initializers.sampled_vocab)
+  v_initializer: initializers.Initializer = dataclasses.field(
+      default_factory=lambda: initializers.normal(0.1))
   placement: str = "prefix"
 
   def _check(self):
@@ -93,7 +95,7 @@ class LoPT2Prompt(nn.Module):
       raise ValueError(f"LoPT2Prompt.rank={self.rank} exceeds d_model="
                        f"{self.backbone_config.d_model}.")
 
-  def _factors(self, x0: Array, context: prompts.InitContext) -> tuple[Array, Array]:
+  def _factors(self, x0: Array, context: initializers.InitContext) -> tuple[Array, Array]:
     h = self.backbone_config.d_model
     shape_u, shape_v = (h, self.rank), (self.rank, h)
 
@@ -112,7 +114,7 @@ class LoPT2Prompt(nn.Module):
 
   @nn.compact
   def __call__(self, batch_size: int,
-               context: prompts.InitContext = prompts.InitContext(),
+               context: initializers.InitContext = initializers.InitContext(),
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del deterministic, batch, batch_size
@@ -123,14 +125,14 @@ class LoPT2Prompt(nn.Module):
     return common.prompt_hooks(prompt, self.placement)
 
 
-def fold(method: LoPT2Prompt, params: Params) -> tuple[prompts.SoftPrompt, Params]:
+def fold(method: LoPT2Prompt, params: Params) -> tuple[prompt_tuning.SoftPrompt, Params]:
   """(a `SoftPrompt` with the same placement, {"prompt": act(X0 U) V})."""
   params = nn.meta.unbox(params)
   x0 = fixed_input(method.x0_seed, method.length, method.backbone_config.d_model)
   prompt = lopt_prompt(x0, params["lopt_u"], params["lopt_v"], method.activation)
-  folded = prompts.SoftPrompt(backbone_config=method.backbone_config,
+  folded = prompt_tuning.SoftPrompt(backbone_config=method.backbone_config,
                               length=method.length, placement=method.placement,
-                              initializer=prompts.normal())
+                              initializer=initializers.normal())
   return folded, {"prompt": prompt}
 
 

@@ -15,7 +15,7 @@ B = sqrt(S_b) V_b^T, so the product starts as the best rank-b approximation
 of that prompt. ("random": A and B from their own initialisers.) DPT's exact
 initialisation is not confirmed from the paper text; this is our choice.
 
-`fold` turns the factors into a plain `prompts.SoftPrompt` holding A @ B.
+`fold` turns the factors into a plain `prompt_tuning.SoftPrompt` holding A @ B.
 
 Dimension letters: B batch, P prompt length, b rank, H d_model.
 """
@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import placements
+from ptuning_jax.methods import prompt_tuning
 from ptuning_jax.methods import common
 
 Array = jax.Array
@@ -58,27 +60,27 @@ class LowRankPrompt(nn.Module):
     initializer: the prompt whose SVD initialises the factors ("svd").
     a_initializer: A's initialiser ("random").
     b_initializer: B's initialiser ("random").
-    placement: prompt placement (`prompts.PLACEMENTS`).
+    placement: prompt placement (`placements.PLACEMENTS`).
   """
   backbone_config: Any
   length: int = 100
   rank: int = 10
   init_mode: str = "svd"
-  initializer: prompts.Initializer = dataclasses.field(
-      default_factory=prompts.sampled_vocab)
-  a_initializer: prompts.Initializer = dataclasses.field(
-      default_factory=lambda: prompts.normal(1.0))
-  b_initializer: prompts.Initializer = dataclasses.field(
-      default_factory=lambda: prompts.normal(0.1))
+  initializer: initializers.Initializer = dataclasses.field(
+      default_factory=initializers.sampled_vocab)
+  a_initializer: initializers.Initializer = dataclasses.field(
+      default_factory=lambda: initializers.normal(1.0))
+  b_initializer: initializers.Initializer = dataclasses.field(
+      default_factory=lambda: initializers.normal(0.1))
   placement: str = "prefix"
 
-  def _factors(self, context: prompts.InitContext) -> tuple[Array, Array]:
+  def _factors(self, context: initializers.InitContext) -> tuple[Array, Array]:
     shape_a = (self.length, self.rank)
     shape_b = (self.rank, self.backbone_config.d_model)
     if self.init_mode == "random":
-      a = prompts.prompt_param(self, "low_rank_a", self.a_initializer, shape_a,
+      a = initializers.prompt_param(self, "low_rank_a", self.a_initializer, shape_a,
                                context, A_AXES)
-      b = prompts.prompt_param(self, "low_rank_b", self.b_initializer, shape_b,
+      b = initializers.prompt_param(self, "low_rank_b", self.b_initializer, shape_b,
                                context, B_AXES)
       return a, b
 
@@ -93,7 +95,7 @@ class LowRankPrompt(nn.Module):
 
   @nn.compact
   def __call__(self, batch_size: int,
-               context: prompts.InitContext = prompts.InitContext(),
+               context: initializers.InitContext = initializers.InitContext(),
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del deterministic, batch, batch_size
@@ -112,13 +114,13 @@ def low_rank_prompt(a: Array, b: Array) -> Array:
   return jnp.dot(a.astype(jnp.float32), b.astype(jnp.float32))
 
 
-def fold(method: LowRankPrompt, params: Params) -> tuple[prompts.SoftPrompt, Params]:
+def fold(method: LowRankPrompt, params: Params) -> tuple[prompt_tuning.SoftPrompt, Params]:
   """(a `SoftPrompt` with the same placement, {"prompt": A @ B})."""
   params = nn.meta.unbox(params)
   prompt = low_rank_prompt(params["low_rank_a"], params["low_rank_b"])
-  folded = prompts.SoftPrompt(backbone_config=method.backbone_config,
+  folded = prompt_tuning.SoftPrompt(backbone_config=method.backbone_config,
                               length=method.length, placement=method.placement,
-                              initializer=prompts.normal())
+                              initializer=initializers.normal())
   return folded, {"prompt": prompt}
 
 

@@ -60,11 +60,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptuning_jax import checkpoints
+from ptuning_jax.training import checkpoints
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import models
-from ptuning_jax import prompts
-from ptuning_jax import t5
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import placements
+from ptuning_jax.methods import prompt_tuning
+from ptuning_jax.backbones import t5
 from ptuning_jax.methods import common
 
 Array = jax.Array
@@ -122,7 +123,7 @@ def _check_source(path: str, source: Mapping[str, np.ndarray], length: int) -> N
         f"{ROWS} {rows.shape} do not form [P={length}, H], [K, P, r], [K, r, H].")
 
 
-def _source_init(method: "MPT", name: str) -> prompts.Initializer:
+def _source_init(method: "MPT", name: str) -> initializers.Initializer:
   """Initialiser of parameter `name` from `method.source` by its init mode."""
   def init(rng, shape, context):
     del rng, context
@@ -144,7 +145,7 @@ def _source_init(method: "MPT", name: str) -> prompts.Initializer:
   return init
 
 
-def text_with_eos(prompt_text: str) -> prompts.Initializer:
+def text_with_eos(prompt_text: str) -> initializers.Initializer:
   """PEFT's TEXT init: the ids of `prompt_text` plus EOS (a T5 tokenizer call
   appends it), repeated and truncated to P rows of the embedding table."""
   def init(rng, shape, context):
@@ -211,7 +212,7 @@ class MPT(nn.Module):
     source: stage-one result for the source modes (see `load_source`).
     source_task: the source task of "EXACT_SOURCE_TASK".
     factor_stddev: std of the random factors (PEFT: 0.02).
-    placement: prompt placement (`prompts.PLACEMENTS`).
+    placement: prompt placement (`placements.PLACEMENTS`).
     decoder_length: Pd > 0 adds Pd rows to P*, U_k (all [P + Pd, ...])
       whose task prompt rows [P, P + Pd) are prepended to the decoder input
       (`hooks.decoder_prefix`): PEFT's seq2seq default
@@ -223,8 +224,8 @@ class MPT(nn.Module):
   length: int = 100
   rank: int = 1
   init_mode: str = "RANDOM"
-  initializer: prompts.Initializer = dataclasses.field(
-      default_factory=lambda: prompts.normal(1.0))
+  initializer: initializers.Initializer = dataclasses.field(
+      default_factory=lambda: initializers.normal(1.0))
   prompt_text: str = ""
   source: Optional[str] = None
   source_task: int = 0
@@ -249,10 +250,10 @@ class MPT(nn.Module):
     """P + Pd, the rows of P* and U_k."""
     return self.length + self.decoder_length
 
-  def _initializers(self) -> tuple[prompts.Initializer, ...]:
+  def _initializers(self) -> tuple[initializers.Initializer, ...]:
     shared = {"RANDOM": self.initializer,
               "TEXT": text_with_eos(self.prompt_text)}.get(self.init_mode)
-    random = prompts.normal(self.factor_stddev)
+    random = initializers.normal(self.factor_stddev)
     if self.init_mode in SOURCE_MODES:
       shared = _source_init(self, PROMPT)
     if self.init_mode in ("AVERAGE_SOURCE_TASKS", "EXACT_SOURCE_TASK"):
@@ -261,7 +262,7 @@ class MPT(nn.Module):
 
   @nn.compact
   def __call__(self, batch_size: int,
-               context: prompts.InitContext = prompts.InitContext(),
+               context: initializers.InitContext = initializers.InitContext(),
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del deterministic
@@ -269,10 +270,10 @@ class MPT(nn.Module):
     embed, k, p, r = (self.backbone_config.d_model, self.num_tasks, self.total_rows,
                      self.rank)
     shared_init, cols_init, rows_init = self._initializers()
-    prompt = prompts.prompt_param(self, PROMPT, shared_init, (p, embed), context)
-    cols = prompts.prompt_param(self, COLS, cols_init, (k, p, r), context, COLS_AXES)
-    rows = prompts.prompt_param(self, ROWS, rows_init, (k, r, embed), context, ROWS_AXES)
-    combine = prompts.get_placement(self.placement)
+    prompt = initializers.prompt_param(self, PROMPT, shared_init, (p, embed), context)
+    cols = initializers.prompt_param(self, COLS, cols_init, (k, p, r), context, COLS_AXES)
+    rows = initializers.prompt_param(self, ROWS, rows_init, (k, r, embed), context, ROWS_AXES)
+    combine = placements.get_placement(self.placement)
     index = _task_index(batch, k, self.is_initializing(), batch_size)
     full = task_prompts(prompt, cols, rows, index)  # [B, P + Pd, H]
     encoder_prompt = full[:, :self.length]  # [B, P, H]
@@ -311,7 +312,7 @@ def num_params(d_model: int, length: int, num_tasks: int = 1, rank: int = 1,
 
 
 def fold(method: MPT, params: Any,
-         task: Optional[int] = None) -> tuple[prompts.SoftPrompt, Any]:
+         task: Optional[int] = None) -> tuple[prompt_tuning.SoftPrompt, Any]:
   """Task `task`'s prompt P* (elementwise) U_k V_k as a plain `SoftPrompt`
   with identical outputs for that task (for inference on one task, or to
   start another method from it). `task` may be omitted when K = 1."""
@@ -325,231 +326,14 @@ def fold(method: MPT, params: Any,
   params = nn.meta.unbox(params)
   prompt = task_prompts(params[PROMPT], params[COLS], params[ROWS],
                         jnp.asarray([task]))[0]  # [P + Pd, H]
-  folded = prompts.SoftPrompt(backbone_config=method.backbone_config,
+  folded = prompt_tuning.SoftPrompt(backbone_config=method.backbone_config,
                               length=method.length, placement=method.placement,
-                              initializer=prompts.normal(),
+                              initializer=initializers.normal(),
                               decoder_length=method.decoder_length)
   out = {"prompt": prompt[:method.length]}
   if method.decoder_length:
     out["decoder_prompt"] = prompt[method.length:]
   return folded, out
-
-
-# ------------------------------ distillation --------------------------------
-
-
-def _capture_stacks(module: nn.Module, method_name: str) -> bool:
-  return method_name == "__call__" and isinstance(module, (t5.Encoder, t5.Decoder))
-
-
-def forward_with_hidden(backbone: nn.Module, frozen: Any, batch: Mapping[str, Array],
-                        hooks: hooks_lib.Hooks, deterministic: bool = True,
-                        rngs: Optional[dict] = None) -> tuple[Array, Array, Array]:
-  """Teacher-forced T5 pass that also returns the stacks' final hidden states.
-
-  Returns:
-    (logits [B, S, V], encoder output [B, T', H], decoder output [B, S, H]
-    (the positions of a `decoder_prefix` dropped)).
-  """
-  logits, state = backbone.apply(
-      {"params": frozen}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-      hooks=hooks, deterministic=deterministic, rngs=rngs or {},
-      capture_intermediates=_capture_stacks, mutable=["intermediates"])
-  found = state["intermediates"]
-  if "encoder" not in found or "decoder" not in found:
-    raise ValueError(f"MPT distillation needs a T5 backbone (encoder and decoder "
-                     f"stacks); captured {sorted(found)}.")
-  length = batch["decoder_input_tokens"].shape[1]
-  decoded = found["decoder"]["__call__"][0][:, -length:]  # [B, S, H]
-  return logits, found["encoder"]["__call__"][0], decoded
-
-
-def distillation_losses(student: tuple[Array, Array, Array],
-                        teacher: tuple[Array, Array, Array],
-                        batch: Mapping[str, Array], temperature: float
-                        ) -> tuple[Array, Array]:
-  """(L_Logits, L_Hidden) of one batch.
-
-  Args:
-    student: (logits [B, S, V], encoder [B, Ps + T, H], decoder [B, S, H]).
-    teacher: the same with the teacher prompt (length Pt).
-    batch: for the input mask (encoder_input_tokens [B, T]) and
-      decoder_loss_weights [B, S].
-    temperature: T of both output distributions.
-  Returns:
-    KL(teacher || student) per target token (weighted mean), and the mean
-    squared hidden-state difference over input positions and target
-    positions (each position's H values averaged).
-  """
-  weights = batch["decoder_loss_weights"].astype(jnp.float32)  # [B, S]
-  log_s = jax.nn.log_softmax(student[0].astype(jnp.float32) / temperature, -1)
-  log_t = jax.nn.log_softmax(teacher[0].astype(jnp.float32) / temperature, -1)
-  kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), -1)  # [B, S]
-  kl = jnp.sum(kl * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-  length = batch["encoder_input_tokens"].shape[1]
-  in_mask = (batch["encoder_input_tokens"] > 0).astype(jnp.float32)  # [B, T]
-  enc_se = jnp.mean(jnp.square(student[1][:, -length:].astype(jnp.float32)
-                               - teacher[1][:, -length:].astype(jnp.float32)), -1)
-  dec_se = jnp.mean(jnp.square(student[2].astype(jnp.float32)
-                               - teacher[2].astype(jnp.float32)), -1)  # [B, S]
-  hidden = ((jnp.sum(enc_se * in_mask) + jnp.sum(dec_se * weights))
-            / jnp.maximum(jnp.sum(in_mask) + jnp.sum(weights), 1.0))
-  return kl, hidden
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class DistillationModel(models.PromptModel):
-  """`PromptModel` whose training loss adds MPT's prompt distillation.
-
-  Attributes (besides PromptModel's):
-    teachers: [K, Pt, H] float32 teacher prompts, one per task (prefix).
-    weight: lambda.
-    temperature: T.
-  The student method must place its prompt as a prefix (the encoder hidden
-  states are compared at the input positions, the last T).
-  """
-  teachers: Any = None
-  weight: float = 1.0
-  temperature: float = 1.0
-
-  def loss_fn(self, trainables, frozen, batch, rng=None, deterministic=True):
-    method_rng = backbone_rng = None
-    if rng is not None:
-      method_rng, backbone_rng = jax.random.split(rng)
-    tokens = batch["encoder_input_tokens"]
-    hk, aux_loss = self.hooks_and_losses(trainables, tokens.shape[0], method_rng,
-                                         deterministic, batch)
-    rngs = {"dropout": backbone_rng} if backbone_rng is not None else {}
-    student = forward_with_hidden(self.backbone, frozen, batch, hk, deterministic, rngs)
-    teacher = jax.lax.stop_gradient(forward_with_hidden(
-        self.backbone, frozen, batch, self.teacher_hooks(batch)))
-    total, weight, correct = models.cross_entropy(
-        student[0], batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-        self.z_loss, self.label_smoothing)
-    denom = jnp.maximum(weight, 1.0)
-    loss = total / denom
-    kl, hidden = distillation_losses(student, teacher, batch, self.temperature)
-    objective = loss + self.weight * (kl + hidden)
-    metrics = {"loss": loss, "token_accuracy": correct / denom,
-               "target_tokens": weight, "distill_kl": kl, "distill_hidden": hidden}
-    if aux_loss is not None:
-      metrics["aux_loss"] = aux_loss
-      objective = objective + aux_loss
-    return objective, metrics
-
-  def teacher_hooks(self, batch: Mapping[str, Array]) -> hooks_lib.Hooks:
-    """Each example's teacher prompt [B, Pt, H] before its input."""
-    if TASK_INDEX not in batch:
-      raise ValueError(f"MPT distillation needs the batch feature {TASK_INDEX!r} [B] "
-                       f"to pick each example's teacher; batch has {sorted(batch)}.")
-    teachers = jnp.asarray(self.teachers, jnp.float32)  # [K, Pt, H]
-    prompt = select_tasks(teachers, batch[TASK_INDEX], "MPT teachers")  # [B, Pt, H]
-    return hooks_lib.Hooks(
-        encoder_inputs=lambda x, tokens, mask: prompts.prefix(prompt, x, tokens, mask))
-
-
-def load_teachers(teacher_files: Sequence[str], d_model: int) -> np.ndarray:
-  """Stacks K teacher prompt files ([Pt, H] each) into [K, Pt, H] float32."""
-  if not teacher_files:
-    raise ValueError("MPT distillation: teacher_files is empty; give one prompt "
-                     ".npy per source task, in task-index order.")
-  arrays = [checkpoints.load_npy(f, np.float32) for f in teacher_files]
-  for f, a in zip(teacher_files, arrays):
-    if a.ndim != 2 or a.shape != arrays[0].shape or a.shape[1] != d_model:
-      raise ValueError(f"MPT teacher {f} has shape {a.shape}; all teachers must be "
-                       f"[Pt, H={d_model}] of one length (first: {arrays[0].shape}).")
-  return np.stack(arrays)
-
-
-def distillation_model(backbone: nn.Module, method: nn.Module, z_loss: float = 0.0, *,
-                       teacher_files: Sequence[str], weight: float = 1.0,
-                       temperature: float = 1.0) -> DistillationModel:
-  """A `train.build_run` model factory for MPT's stage one (gin:
-  `train.train.model_factory = @mpt.distillation_model`)."""
-  teachers = load_teachers(teacher_files, method.backbone_config.d_model)
-  num_tasks = getattr(method, "num_tasks", None)
-  if num_tasks is not None and num_tasks != teachers.shape[0]:
-    raise ValueError(f"MPT distillation: {teachers.shape[0]} teacher_files for a "
-                     f"method with num_tasks={num_tasks}.")
-  if getattr(method, "placement", "prefix") != "prefix":
-    raise ValueError(f"MPT distillation needs placement='prefix'; the method has "
-                     f"{method.placement!r}.")
-  if temperature <= 0:
-    raise ValueError(f"MPT distillation: temperature={temperature} must be > 0.")
-  return DistillationModel(backbone, method, z_loss=z_loss, teachers=teachers,
-                           weight=weight, temperature=temperature)
-
-
-# ------------------------------ drivers -------------------------------------
-
-
-def final_export_dir(model_dir: str, step: int) -> str:
-  """The `.npy` export directory of `step` of a `train.train` run."""
-  return os.path.join(model_dir, "checkpoints", checkpoints.NUMPY_DIR, str(int(step)))
-
-
-def run_stage_one(*, model_dir: str, teacher_files: Sequence[str], length: int = 100,
-                  rank: int = 1, weight: float = 1.0, temperature: float = 1.0,
-                  initializer: Optional[prompts.Initializer] = None,
-                  factor_stddev: float = 0.02, num_steps: int = 1000,
-                  **train_kwargs) -> dict:
-  """Source training: distils K teachers into P* and K rank-r factor pairs.
-
-  Args:
-    model_dir: run directory (checkpoints, metrics, `.npy` exports).
-    teacher_files: one `.npy` prompt per source task, in task-index order;
-      every training batch must carry `task_index` [B].
-    length, rank: P and r of the student.
-    weight, temperature: lambda and T of the distillation loss.
-    initializer: of P* (default N(0, 1)).
-    factor_stddev: std of the random factors (PEFT: 0.02).
-    num_steps: training steps.
-    **train_kwargs: the rest of `train.train`'s arguments (backbone, data,
-      optimizer, mesh, ...).
-  Returns:
-    `train.train`'s metrics plus "source_dir", the export to give stage two.
-  """
-  from ptuning_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  extra = {} if initializer is None else {"initializer": initializer}
-  method = functools.partial(MPT, num_tasks=len(teacher_files), length=length,
-                             rank=rank, init_mode="RANDOM", factor_stddev=factor_stddev,
-                             **extra)
-  factory = functools.partial(distillation_model, teacher_files=list(teacher_files),
-                              weight=weight, temperature=temperature)
-  result = train_lib.train(model_dir=model_dir, method=method, model_factory=factory,
-                           num_steps=num_steps, **train_kwargs)
-  return dict(result, source_dir=final_export_dir(model_dir, num_steps))
-
-
-def run_stage_two(*, model_dir: str, source: str,
-                  init_mode: str = "AVERAGE_SOURCE_TASKS", source_task: int = 0,
-                  num_tasks: int = 1, length: Optional[int] = None,
-                  num_steps: int = 1000, **train_kwargs) -> dict:
-  """Target adaptation: trains P* and fresh (or source-initialised) factors.
-
-  Args:
-    model_dir: run directory.
-    source: stage one's export directory (or a PEFT adapter file).
-    init_mode: a source mode of INIT_MODES (the paper: averaged source
-      factors).
-    source_task: for "EXACT_SOURCE_TASK".
-    num_tasks: target tasks (1: no `task_index` needed).
-    length: P (default: the source's).
-    num_steps: training steps.
-    **train_kwargs: the rest of `train.train`'s arguments.
-  Returns:
-    `train.train`'s metrics plus "export_dir" (the final `.npy` export).
-  """
-  from ptuning_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  common.check_choice("run_stage_two", "init_mode", init_mode, SOURCE_MODES)
-  if length is None:
-    length = source_length(source)
-  rank = load_source(source, length)[COLS].shape[2]
-  method = functools.partial(MPT, num_tasks=num_tasks, length=length, rank=rank,
-                             init_mode=init_mode, source=source, source_task=source_task)
-  result = train_lib.train(model_dir=model_dir, method=method, num_steps=num_steps,
-                           **train_kwargs)
-  return dict(result, export_dir=final_export_dir(model_dir, num_steps))
 
 
 def source_length(source: str) -> int:

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import placements
 from ptuning_jax.methods import common
 
 Array = jax.Array
@@ -59,7 +60,7 @@ class MultiTaskPrompt(nn.Module):
     task_initializer: a [Pt, H] initialiser applied to each T_k (own random
       key per task); default zeros for "add" (training starts from the shared
       prompt) and sampled vocabulary for "concat".
-    placement: prompt placement (`prompts.PLACEMENTS`).
+    placement: prompt placement (`placements.PLACEMENTS`).
   """
   backbone_config: Any
   num_tasks: int = 2
@@ -68,9 +69,9 @@ class MultiTaskPrompt(nn.Module):
   combine: str = "add"
   task_index_source: str = "batch"
   task_token_ids: Sequence[int] = ()
-  shared_initializer: prompts.Initializer = dataclasses.field(
-      default_factory=prompts.sampled_vocab)
-  task_initializer: Optional[prompts.Initializer] = None
+  shared_initializer: initializers.Initializer = dataclasses.field(
+      default_factory=initializers.sampled_vocab)
+  task_initializer: Optional[initializers.Initializer] = None
   placement: str = "prefix"
 
   def _check(self) -> None:
@@ -89,28 +90,28 @@ class MultiTaskPrompt(nn.Module):
                        f"num_tasks={self.num_tasks} distinct task_token_ids; got "
                        f"{tuple(self.task_token_ids)}.")
 
-  def _task_init(self) -> prompts.Initializer:
+  def _task_init(self) -> initializers.Initializer:
     if self.task_initializer is not None:
       return per_task(self.task_initializer)
     if self.combine == "add":
-      return prompts.normal(0.0)
-    return per_task(prompts.sampled_vocab())
+      return initializers.normal(0.0)
+    return per_task(initializers.sampled_vocab())
 
   @nn.compact
   def __call__(self, batch_size: int,
-               context: prompts.InitContext = prompts.InitContext(),
+               context: initializers.InitContext = initializers.InitContext(),
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del deterministic
     self._check()
     embed = self.backbone_config.d_model
     task_length = self.task_length or self.length
-    shared = prompts.prompt_param(self, "shared_prompt", self.shared_initializer,
+    shared = initializers.prompt_param(self, "shared_prompt", self.shared_initializer,
                                   (self.length, embed), context)  # [Ps, H]
-    tasks = prompts.prompt_param(self, "task_prompts", self._task_init(),
+    tasks = initializers.prompt_param(self, "task_prompts", self._task_init(),
                                  (self.num_tasks, task_length, embed), context,
                                  ("tasks", "prompt", "prompt_embed"))  # [K, Pt, H]
-    combine_inputs = prompts.get_placement(self.placement)
+    combine_inputs = placements.get_placement(self.placement)
     initializing = self.is_initializing()
     source, combine, token_ids = (self.task_index_source, self.combine,
                                   tuple(self.task_token_ids))
@@ -138,7 +139,7 @@ class MultiTaskPrompt(nn.Module):
     return hooks_lib.Hooks(encoder_inputs=encoder_inputs)
 
 
-def per_task(init: prompts.Initializer) -> prompts.Initializer:
+def per_task(init: initializers.Initializer) -> initializers.Initializer:
   """A [P, H] initialiser applied to each of K tasks: shape [K, P, H]."""
   def task_init(rng, shape, context):
     keys = jax.random.split(rng, shape[0])

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
 from ptuning_jax.methods import common
 
 Array = jax.Array
@@ -63,18 +63,18 @@ class _SitePrefix(nn.Module):
   head_dim: int
   embed_dim: int
   projection_hidden: int
-  initializer: prompts.Initializer
+  initializer: initializers.Initializer
 
   @nn.compact
-  def __call__(self, context: prompts.InitContext) -> tuple[Array, Array]:
+  def __call__(self, context: initializers.InitContext) -> tuple[Array, Array]:
     """Returns (key, value), each [L, P, N, D] float32."""
     shape = (self.num_layers, self.length, self.num_heads, self.head_dim)
     if not self.projection_hidden:
-      key = prompts.prompt_param(self, "key", self.initializer, shape, context, KV_AXES)
-      value = prompts.prompt_param(self, "value", self.initializer, shape, context,
+      key = initializers.prompt_param(self, "key", self.initializer, shape, context, KV_AXES)
+      value = initializers.prompt_param(self, "value", self.initializer, shape, context,
                                    KV_AXES)
       return key.astype(jnp.float32), value.astype(jnp.float32)
-    emb = prompts.prompt_param(self, "embedding", self.initializer,
+    emb = initializers.prompt_param(self, "embedding", self.initializer,
                                (self.length, self.embed_dim), context)  # [P, H]
     h = jnp.tanh(common.Dense(self.projection_hidden, name="hidden")(emb))  # [P, M]
     flat = common.Dense(2 * self.num_layers * self.num_heads * self.head_dim,
@@ -113,8 +113,8 @@ class PrefixTuning(nn.Module):
   sites: Sequence[str] = ("encoder",)
   projection_hidden: int = 0
   dropout_rate: float = 0.0
-  initializer: prompts.Initializer = dataclasses.field(
-      default_factory=lambda: prompts.normal(1.0))
+  initializer: initializers.Initializer = dataclasses.field(
+      default_factory=lambda: initializers.normal(1.0))
   positions: str = "none"
 
   def _check(self) -> None:
@@ -134,7 +134,7 @@ class PrefixTuning(nn.Module):
 
   @nn.compact
   def __call__(self, batch_size: int,
-               context: prompts.InitContext = prompts.InitContext(),
+               context: initializers.InitContext = initializers.InitContext(),
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del batch
@@ -179,7 +179,7 @@ def fold(method: PrefixTuning, params: Params) -> tuple[PrefixTuning, Params]:
         head_dim=method.backbone_config.d_kv,
         embed_dim=method.backbone_config.d_model,
         projection_hidden=method.projection_hidden, initializer=method.initializer)
-    key, value = module.apply({"params": params[site]}, prompts.InitContext())
+    key, value = module.apply({"params": params[site]}, initializers.InitContext())
     folded[site] = {"key": key, "value": value}
   return method.clone(projection_hidden=0), folded
 

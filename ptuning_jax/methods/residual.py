@@ -7,7 +7,7 @@ Each prompt vector is passed through a shallow MLP with a skip connection,
 shared across the P tokens and trained jointly with P (the official
 `ResMLP`: Linear(H, M) - act - Linear(M, H) - [dropout] - [LayerNorm(H)],
 plus the input). After training the reparameterisation is dropped: `fold`
-precomputes P' into a plain `prompts.SoftPrompt` with identical outputs.
+precomputes P' into a plain `prompt_tuning.SoftPrompt` with identical outputs.
 
 Trainable parameters: P H + H M + M + M H + H (+ 2 H with the LayerNorm).
 T5-Large, P = 100, M = 400: 925,072 (the 925K of DPT's Figure 1).
@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import placements
+from ptuning_jax.methods import prompt_tuning
 from ptuning_jax.methods import common
 
 Array = jax.Array
@@ -77,7 +79,7 @@ class ResidualPrompt(nn.Module):
     layer_norm: LayerNorm on the MLP branch (the paper's form).
     dropout_rate: dropout on the MLP branch.
     initializer: of P (default sampled vocabulary, as the repository).
-    placement: prompt placement (`prompts.PLACEMENTS`).
+    placement: prompt placement (`placements.PLACEMENTS`).
   """
   backbone_config: Any
   length: int = 10
@@ -85,20 +87,20 @@ class ResidualPrompt(nn.Module):
   activation: str = "relu"
   layer_norm: bool = True
   dropout_rate: float = 0.0
-  initializer: prompts.Initializer = dataclasses.field(
-      default_factory=prompts.sampled_vocab)
+  initializer: initializers.Initializer = dataclasses.field(
+      default_factory=initializers.sampled_vocab)
   placement: str = "prefix"
 
   @nn.compact
   def __call__(self, batch_size: int,
-               context: prompts.InitContext = prompts.InitContext(),
+               context: initializers.InitContext = initializers.InitContext(),
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del batch, batch_size
     common.check_positive("ResidualPrompt", length=self.length,
                           bottleneck=self.bottleneck)
     common.check_choice("ResidualPrompt", "activation", self.activation, ACTIVATIONS)
-    raw = prompts.prompt_param(self, "prompt", self.initializer,
+    raw = initializers.prompt_param(self, "prompt", self.initializer,
                                (self.length, self.backbone_config.d_model), context)
     prompt = self._mlp()(raw, deterministic)  # [P, H]
     return common.prompt_hooks(prompt, self.placement)
@@ -108,15 +110,15 @@ class ResidualPrompt(nn.Module):
                        self.dropout_rate, name="mlp")
 
 
-def fold(method: ResidualPrompt, params: Params) -> tuple[prompts.SoftPrompt, Params]:
+def fold(method: ResidualPrompt, params: Params) -> tuple[prompt_tuning.SoftPrompt, Params]:
   """(a `SoftPrompt` with the same placement, {"prompt": P'}), P' computed once."""
   params = nn.meta.unbox(params)
   mlp = ResidualMLP(method.bottleneck, method.activation, method.layer_norm,
                     method.dropout_rate)
   prompt = mlp.apply({"params": params["mlp"]}, params["prompt"], True)
-  folded = prompts.SoftPrompt(backbone_config=method.backbone_config,
+  folded = prompt_tuning.SoftPrompt(backbone_config=method.backbone_config,
                               length=method.length, placement=method.placement,
-                              initializer=prompts.normal())
+                              initializer=initializers.normal())
   return folded, {"prompt": prompt}
 
 

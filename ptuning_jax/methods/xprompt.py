@@ -16,7 +16,7 @@ loss with respect to per-example copies of the masks (batch features
 backward pass gives every example's gradient; scores sum their absolute
 values over the examples of `score_batches` training batches.
 
-The driver `run_rounds` (built on `train.train`):
+The driver `run_rounds` (built on `run.train`):
   round 0:  prompt tuning from the initial values P0 (saved as
             `initial_prompt.npy`);
   round r:  score the previous round's trained prompt; prune the given
@@ -60,13 +60,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptuning_jax import checkpoints
-from ptuning_jax import files
+from ptuning_jax.training import checkpoints
+from ptuning_jax.training import files
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import models
-from ptuning_jax import optimizers
-from ptuning_jax import partitioning
-from ptuning_jax import prompts
+from ptuning_jax.models import seq2seq
+from ptuning_jax.training import optimizers
+from ptuning_jax.training import partitioning
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import placements
+from ptuning_jax.methods import prompt_tuning
 from ptuning_jax.methods import common
 
 Array = jax.Array
@@ -116,16 +118,16 @@ class XPrompt(nn.Module):
     num_pieces: k <= H (pieces of H / k values when k divides H).
     token_mask: P entries in {0, 1}; None keeps every token.
     piece_mask: P rows of k entries in {0, 1}; None keeps every piece.
-    initializer: of the prompt (the driver rewinds with `prompts.from_file`).
-    placement: prompt placement (`prompts.PLACEMENTS`).
+    initializer: of the prompt (the driver rewinds with `initializers.from_file`).
+    placement: prompt placement (`placements.PLACEMENTS`).
   """
   backbone_config: Any
   length: int = 100
   num_pieces: int = 16
   token_mask: Optional[Sequence[int]] = None
   piece_mask: Optional[Sequence[Sequence[int]]] = None
-  initializer: prompts.Initializer = dataclasses.field(
-      default_factory=prompts.sampled_vocab)
+  initializer: initializers.Initializer = dataclasses.field(
+      default_factory=initializers.sampled_vocab)
   placement: str = "prefix"
 
   def masks(self) -> tuple[np.ndarray, np.ndarray]:
@@ -147,12 +149,12 @@ class XPrompt(nn.Module):
 
   @nn.compact
   def __call__(self, batch_size: int,
-               context: prompts.InitContext = prompts.InitContext(),
+               context: initializers.InitContext = initializers.InitContext(),
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del deterministic, batch_size
     token, piece = self.masks()
-    prompt = prompts.prompt_param(self, "prompt", self.initializer,
+    prompt = initializers.prompt_param(self, "prompt", self.initializer,
                                   (self.length, self.backbone_config.d_model), context)
     token, piece = jnp.asarray(token), jnp.asarray(piece)
     if batch is not None and (TOKEN_MASK in batch or PIECE_MASK in batch):
@@ -162,7 +164,7 @@ class XPrompt(nn.Module):
       token = token * batch[TOKEN_MASK]  # [B, P]
       piece = piece * batch[PIECE_MASK]  # [B, P, k]
     value = masked_prompt(prompt, token, piece)  # [P, H] or [B, P, H]
-    combine = prompts.get_placement(self.placement)
+    combine = placements.get_placement(self.placement)
 
     def encoder_inputs(x, tokens, mask):
       tiled = jnp.broadcast_to(value, (x.shape[0],) + value.shape[-2:])  # [B, P, H]
@@ -171,13 +173,13 @@ class XPrompt(nn.Module):
     return hooks_lib.Hooks(encoder_inputs=encoder_inputs)
 
 
-def fold(method: XPrompt, params: Any) -> tuple[prompts.SoftPrompt, Any]:
+def fold(method: XPrompt, params: Any) -> tuple[prompt_tuning.SoftPrompt, Any]:
   """(a `SoftPrompt`, {"prompt": masked prompt}): identical outputs."""
   token, piece = method.masks()
   prompt = masked_prompt(nn.meta.unbox(params)["prompt"], token, piece)
-  folded = prompts.SoftPrompt(backbone_config=method.backbone_config,
+  folded = prompt_tuning.SoftPrompt(backbone_config=method.backbone_config,
                               length=method.length, placement=method.placement,
-                              initializer=prompts.normal())
+                              initializer=initializers.normal())
   return folded, {"prompt": prompt}
 
 
@@ -192,7 +194,7 @@ def surviving_params(token_mask: np.ndarray, piece_mask: np.ndarray, d_model: in
 # ------------------------------ importance ----------------------------------
 
 
-def score_fn(model: models.PromptModel, params: Any, frozen: Any,
+def score_fn(model: seq2seq.PromptModel, params: Any, frozen: Any,
              batch: Mapping[str, Array]) -> tuple[Array, Array]:
   """Summed |d loss / d mask| over the batch's examples.
 
@@ -215,7 +217,7 @@ def importance_scores(run: Any, params: Any, batches) -> tuple[np.ndarray,
   """Mean over `batches` of `score_fn` on the run's mesh (sharded batches).
 
   Args:
-    run: a `train.build_run` result whose method is an `XPrompt`.
+    run: a `run.build_run` result whose method is an `XPrompt`.
     params: the trained prompt parameters.
     batches: an iterable of host batches (numpy dicts).
   Returns:
@@ -302,7 +304,7 @@ def _method_factory(method: Callable[..., Any], initial: str, token_mask, piece_
   as_tuple = lambda m: None if m is None else tuple(np.asarray(m).astype(int).tolist())
   piece = None if piece_mask is None else tuple(
       tuple(row) for row in np.asarray(piece_mask).astype(int).tolist())
-  return functools.partial(method, initializer=prompts.from_file(initial),
+  return functools.partial(method, initializer=initializers.from_file(initial),
                            token_mask=as_tuple(token_mask), piece_mask=piece)
 
 
@@ -321,15 +323,15 @@ _BUILD_KEYS = ("backbone", "data", "optimizer", "mesh", "seed", "num_microbatche
 
 
 def _build(method, train_kwargs) -> Any:
-  """`train.build_run` with the run arguments among `train_kwargs`."""
-  from ptuning_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  """`run.build_run` with the run arguments among `train_kwargs`."""
+  from ptuning_jax.training import run as run_lib  # pylint: disable=g-import-not-at-top
   kwargs = {k: v for k, v in train_kwargs.items() if k in _BUILD_KEYS}
   kwargs.setdefault("optimizer", optimizers.OptimizerConfig())
-  return train_lib.build_run(method=method, **kwargs)
+  return run_lib.build_run(method=method, **kwargs)
 
 
 def _score(method, trained: str, train_kwargs, score_batches: int):
-  run = _build(functools.partial(method, initializer=prompts.from_file(trained)),
+  run = _build(functools.partial(method, initializer=initializers.from_file(trained)),
                train_kwargs)
   iterator = run.data.train_iterator()
   batches = (next(iterator) for _ in range(score_batches))
@@ -360,15 +362,15 @@ def run_rounds(*, model_dir: str, method: Callable[..., Any], num_steps: int,
       values before any training: lottery-ticket rewinding, the default) or
       "trained" (round 0's trained prompt, i.e. rewinding to the result of
       prompt tuning).
-    train_fn: `train.train` (default) or a wrapper of it.
-    **train_kwargs: the rest of `train.train`'s arguments (backbone, data,
+    train_fn: `run.train` (default) or a wrapper of it.
+    **train_kwargs: the rest of `run.train`'s arguments (backbone, data,
       optimizer, mesh, seed, eval_every, ...).
   Returns:
     the report (also written to `<model_dir>/xprompt_report.json`).
   """
   if train_fn is None:
-    from ptuning_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-    train_fn = train_lib.train
+    from ptuning_jax.training import run as run_lib  # pylint: disable=g-import-not-at-top
+    train_fn = run_lib.train
   common.check_choice("run_rounds", "rewind", rewind, REWIND_TARGETS)
   os.makedirs(model_dir, exist_ok=True)
   probe = method(backbone_config=None)

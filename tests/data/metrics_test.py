@@ -7,7 +7,7 @@ import scipy.stats
 import sklearn.metrics
 
 from ptuning_jax.data import metrics
-from ptuning_jax.data import postprocessors as post
+from ptuning_jax.data.seqio import postprocessors as post
 
 
 def test_accuracy_hand_and_invalid():

@@ -8,7 +8,8 @@ import pytest
 
 import method_testing as mt
 from ptuning_jax import methods
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import prompt_tuning
 from ptuning_jax.methods import compose
 from ptuning_jax.methods import dept
 from ptuning_jax.methods import ia3
@@ -69,7 +70,7 @@ def test_methods_start_from_a_prompt_file(tmp_path):
   prompt = rng.normal(size=(P, cfg.d_model)).astype(np.float32)
   path = str(tmp_path / "prompt.npy")
   np.save(path, prompt)
-  soft = mt.init(compose.started_from(functools.partial(prompts.SoftPrompt, length=P),
+  soft = mt.init(compose.started_from(functools.partial(prompt_tuning.SoftPrompt, length=P),
                                       path)(backbone_config=cfg), params)
   np.testing.assert_array_equal(soft["prompt"], prompt)
   lr = mt.init(low_rank.LowRankPrompt(cfg, length=P, rank=P,
@@ -85,14 +86,14 @@ def test_methods_start_from_a_prompt_file(tmp_path):
     mt.init(prefix_tuning.PrefixTuning(cfg, length=6, initializer=compose.from_npy(path)),
             params)
   with pytest.raises(FileNotFoundError, match="nope.npy"):
-    mt.init(prompts.SoftPrompt(cfg, length=P, initializer=compose.from_npy(
+    mt.init(prompt_tuning.SoftPrompt(cfg, length=P, initializer=compose.from_npy(
         str(tmp_path / "nope.npy"))), params)
 
 
 def test_composed_hooks_merge():
   cfg = mt.config()
   _, params = mt.frozen(cfg)
-  parts = (functools.partial(prompts.SoftPrompt, length=2, initializer=prompts.normal()),
+  parts = (functools.partial(prompt_tuning.SoftPrompt, length=2, initializer=initializers.normal()),
            ia3.IA3)
   method = compose.Composed(cfg, parts=parts, names=("prompt", "ia3"))
   tr = mt.init(method, params)
@@ -101,7 +102,7 @@ def test_composed_hooks_merge():
   tr["ia3"] = jax.tree_util.tree_map(lambda x: x * 1.3, tr["ia3"])
   hk = method.apply({"params": tr}, 2)
   # The composed hooks are the parts' hooks, merged.
-  soft = prompts.SoftPrompt(cfg, length=2).apply({"params": tr["prompt"]}, 2)
+  soft = prompt_tuning.SoftPrompt(cfg, length=2).apply({"params": tr["prompt"]}, 2)
   scales = ia3.IA3(cfg).apply({"params": tr["ia3"]}, 2).scales
   assert set(hk.scales) == set(scales) and hk.kv_prefixes == {}
   for site, value in scales.items():
@@ -112,7 +113,7 @@ def test_composed_hooks_merge():
                        soft.encoder_inputs(x, tokens, mask)):
     np.testing.assert_array_equal(got, want)
   clash = compose.Composed(cfg, parts=(functools.partial(
-      prompts.SoftPrompt, length=2, decoder_length=1, initializer=prompts.normal()),) * 2)
+      prompt_tuning.SoftPrompt, length=2, decoder_length=1, initializer=initializers.normal()),) * 2)
   with pytest.raises(ValueError, match="part 'part_1': Both hook sets set decoder_prefix"):
     mt.init(clash, params)
   with pytest.raises(ValueError, match="Composed.parts is empty"):
@@ -122,7 +123,7 @@ def test_composed_hooks_merge():
 def test_fold_folds_every_part():
   cfg = mt.config()
   parts = (functools.partial(residual.ResidualPrompt, length=3, bottleneck=4,
-                             initializer=prompts.normal()), ia3.IA3)
+                             initializer=initializers.normal()), ia3.IA3)
   method = compose.Composed(cfg, parts=parts, names=("residual", "ia3"))
   tr = mt.init(method, mt.frozen(cfg)[1])
   tr["ia3"] = jax.tree_util.tree_map(lambda x: x * 1.3, tr["ia3"])
@@ -133,6 +134,6 @@ def test_fold_folds_every_part():
 
 def test_training_sharded_equals_unsharded(tmp_path):
   mt.check_training(tmp_path, mt.partial(
-      compose.Composed, parts=(functools.partial(prompts.SoftPrompt, length=3,
-                                                 initializer=prompts.sampled_vocab(100)),
+      compose.Composed, parts=(functools.partial(prompt_tuning.SoftPrompt, length=3,
+                                                 initializer=initializers.sampled_vocab(100)),
                                ia3.IA3), names=("prompt", "ia3")))

@@ -8,9 +8,9 @@ import pytest
 
 import method_testing as mt
 from ptuning_jax import methods
-from ptuning_jax import optimizers
-from ptuning_jax import prompts
-from ptuning_jax import t5
+from ptuning_jax.training import optimizers
+from ptuning_jax.methods import initializers
+from ptuning_jax.backbones import t5
 from ptuning_jax.methods import dept
 
 M, R, SMAX = 3, 2, 9
@@ -23,7 +23,7 @@ def test_param_count_is_m_d_plus_r_s_plus_d(m, r, s):
   for cfg in (mt.config(), t5.get_config("base")):
     d = cfg.d_model
     count = methods.count_params(dept.DePT(cfg, length=m, rank=r, max_length=s,
-                                           initializer=prompts.normal()))
+                                           initializer=initializers.normal()))
     assert count == m * d + r * (s + d) == dept.num_params(d, m, r, s)
   if (m, r) != (M, R):  # DePT's T5-Base settings match a 100-token prompt.
     assert dept.num_params(768, m, r, s) == 100 * 768

@@ -6,7 +6,7 @@ import pytest
 import method_testing as mt
 from ptuning_jax import hooks as hooks_lib
 from ptuning_jax import methods
-from ptuning_jax import t5
+from ptuning_jax.backbones import t5
 from ptuning_jax.methods import ia3
 
 

@@ -5,7 +5,8 @@ import pytest
 
 import method_testing as mt
 from ptuning_jax import methods
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import prompt_tuning
 from ptuning_jax.methods import lopt
 
 P, RANK = 5, 3
@@ -54,7 +55,7 @@ def test_fit_init_is_the_least_squares_fit_of_the_initial_prompt():
 
 def test_fold_gives_identical_outputs():
   folded, _ = mt.check_fold(lopt.LoPT2Prompt(mt.config(), length=P, rank=RANK))
-  assert isinstance(folded, prompts.SoftPrompt)
+  assert isinstance(folded, prompt_tuning.SoftPrompt)
 
 
 @pytest.mark.parametrize("kwargs, culprit", [
@@ -69,5 +70,5 @@ def test_bad_settings_name_the_attribute(kwargs, culprit):
 def test_training_sharded_equals_unsharded(tmp_path):
   cfg = mt.sharded_config()
   result = mt.check_training(tmp_path, mt.partial(
-      lopt.LoPT2Prompt, length=P, rank=RANK, initializer=prompts.sampled_vocab(100)))
+      lopt.LoPT2Prompt, length=P, rank=RANK, initializer=initializers.sampled_vocab(100)))
   assert result["trainable_params"] == 2 * RANK * cfg.d_model

@@ -4,8 +4,9 @@ import pytest
 
 import method_testing as mt
 from ptuning_jax import methods
-from ptuning_jax import prompts
-from ptuning_jax import t5
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import prompt_tuning
+from ptuning_jax.backbones import t5
 from ptuning_jax.methods import low_rank
 
 P, RANK = 4, 2
@@ -41,7 +42,7 @@ def test_svd_init_is_best_rank_b_approximation_of_the_initial_prompt():
 
 def test_fold_gives_identical_outputs():
   folded, _ = mt.check_fold(low_rank.LowRankPrompt(mt.config(), length=P, rank=RANK))
-  assert isinstance(folded, prompts.SoftPrompt)
+  assert isinstance(folded, prompt_tuning.SoftPrompt)
 
 
 def test_rank_above_min_dim_is_an_error():
@@ -53,5 +54,5 @@ def test_rank_above_min_dim_is_an_error():
 def test_training_sharded_equals_unsharded(tmp_path):
   cfg = mt.sharded_config()
   result = mt.check_training(tmp_path, mt.partial(
-      low_rank.LowRankPrompt, length=P, rank=RANK, initializer=prompts.sampled_vocab(100)))
+      low_rank.LowRankPrompt, length=P, rank=RANK, initializer=initializers.sampled_vocab(100)))
   assert result["trainable_params"] == RANK * (P + cfg.d_model)

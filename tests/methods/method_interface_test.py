@@ -13,10 +13,10 @@ import method_testing as mt
 from ptuning_jax import gin_utils
 from ptuning_jax import hooks as hooks_lib
 from ptuning_jax import methods
-from ptuning_jax import models
-from ptuning_jax import optimizers
-from ptuning_jax import prompts
-from ptuning_jax import t5
+from ptuning_jax.models import seq2seq
+from ptuning_jax.training import optimizers
+from ptuning_jax.methods import initializers
+from ptuning_jax.backbones import t5
 from ptuning_jax.methods import dept
 from ptuning_jax.methods import ia3
 from ptuning_jax.methods import low_rank
@@ -74,10 +74,10 @@ class _Sow(nn.Module):
   backbone_config: object = None
 
   @nn.compact
-  def __call__(self, batch_size, context=prompts.InitContext(), deterministic=True,
+  def __call__(self, batch_size, context=initializers.InitContext(), deterministic=True,
                batch=None):
     w = self.param("w", nn.initializers.constant(3.0), (2,))
-    self.sow(models.AUX_LOSSES, "l2", 0.5 * jnp.sum(w ** 2))
+    self.sow(seq2seq.AUX_LOSSES, "l2", 0.5 * jnp.sum(w ** 2))
     return hooks_lib.Hooks()
 
 
@@ -85,13 +85,13 @@ def test_aux_loss_and_empty_hooks_give_the_plain_backbone():
   cfg = mt.config()
   module, params = mt.frozen(cfg)
   batch = mt.make_batch(cfg.vocab_size)
-  model = models.PromptModel(module, _Sow())
+  model = seq2seq.PromptModel(module, _Sow())
   trainables = nn.meta.unbox(model.init_trainables(jax.random.key(0), mt.context(params)))
   (objective, metrics), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
       trainables, params, batch)
   logits = module.apply({"params": params}, batch["encoder_input_tokens"],
                         batch["decoder_input_tokens"])  # no hooks at all
-  total, weight, _ = models.cross_entropy(logits, batch["decoder_target_tokens"],
+  total, weight, _ = seq2seq.cross_entropy(logits, batch["decoder_target_tokens"],
                                           batch["decoder_loss_weights"])
   np.testing.assert_array_equal(metrics["loss"], total / weight)  # bit for bit
   np.testing.assert_allclose(metrics["aux_loss"], 9.0)

@@ -2,7 +2,7 @@
 
 Compilation dominates the cost of these tests on a small CPU machine, so the
 frozen backbones are random numpy arrays (no jitted init) and each method's
-training check compiles exactly two train steps: one inside `train.train`
+training check compiles exactly two train steps: one inside `run.train`
 on a (2, 4) mesh, one for the unsharded (1, 1) reference.
 
 Dimension letters: B batch, T input length, S target length.
@@ -18,20 +18,20 @@ import jax
 import numpy as np
 
 from ptuning_jax import backbones
-from ptuning_jax import checkpoints
-from ptuning_jax import hf_checkpoints
+from ptuning_jax.training import checkpoints
+from ptuning_jax.backbones.hf import t5 as hf_t5
 from ptuning_jax import methods
-from ptuning_jax import models
-from ptuning_jax import optimizers
-from ptuning_jax import partitioning
-from ptuning_jax import prompts
-from ptuning_jax import synthetic
-from ptuning_jax import t5
-from ptuning_jax import task_data
+from ptuning_jax.models import seq2seq
+from ptuning_jax.training import optimizers
+from ptuning_jax.training import partitioning
+from ptuning_jax.methods import initializers
+from ptuning_jax.data import synthetic
+from ptuning_jax.backbones import t5
+from ptuning_jax.data import text_data
 from ptuning_jax import testing
-from ptuning_jax import train as train_lib
-from ptuning_jax import trainer as trainer_lib
-from ptuning_jax import vocab as vocab_lib
+from ptuning_jax.training import run as run_lib
+from ptuning_jax.training import trainer as trainer_lib
+from ptuning_jax.data import vocab as vocab_lib
 
 B, T, S = 8, 7, 5
 partial = functools.partial
@@ -86,7 +86,7 @@ def backbone_dir(seed: int = 3) -> str:
   path = tempfile.mkdtemp(prefix="methods_backbone_")
   atexit.register(shutil.rmtree, path, ignore_errors=True)
   cfg = sharded_config()
-  hf_checkpoints.save_checkpoint(random_params(cfg, seed), cfg, path)
+  hf_t5.save_checkpoint(random_params(cfg, seed), cfg, path)
   return path
 
 
@@ -104,21 +104,21 @@ def make_batch(vocab_size: int, seed: int = 0, batch: int = B, length: int = T,
           "decoder_loss_weights": (tgt > 0).astype(np.float32)}
 
 
-def context(params, vocab=None) -> prompts.InitContext:
-  return prompts.InitContext(embedding=np.asarray(params["token_embedder"]["embedding"]),
+def context(params, vocab=None) -> initializers.InitContext:
+  return initializers.InitContext(embedding=np.asarray(params["token_embedder"]["embedding"]),
                              vocab=vocab or vocab_lib.ByteVocab())
 
 
 def init(method, params, seed: int = 0):
   """Unboxed numpy trainables of `method` for the backbone `params`."""
-  model = models.PromptModel(None, method)
+  model = seq2seq.PromptModel(None, method)
   boxed = model.init_trainables(jax.random.key(seed), context(params))
   return jax.tree_util.tree_map(np.asarray, nn.meta.unbox(boxed))
 
 
 def loss(module, method, trainables, params, batch, **kw):
   """(objective, metrics) of `PromptModel.loss_fn` (eager)."""
-  return models.PromptModel(module, method).loss_fn(trainables, params, batch, **kw)
+  return seq2seq.PromptModel(module, method).loss_fn(trainables, params, batch, **kw)
 
 
 def check_fold(method, trainables=None, rtol: float = 0.0):
@@ -143,12 +143,12 @@ def check_fold(method, trainables=None, rtol: float = 0.0):
 FEATURES = {"inputs": 24, "targets": 4}
 
 
-def smoke_data(seed: int = 0) -> task_data.TextTaskData:
+def smoke_data(seed: int = 0) -> text_data.TextTaskData:
   """The synthetic held-out task (byte vocabulary), 32 training examples."""
   task = synthetic.HELDOUT_TASK
   splits = {"train": synthetic.train_examples(task, 32, seed),
             "validation": synthetic.eval_examples(task, 8, seed)}
-  return task_data.TextTaskData(splits, vocab_lib.ByteVocab(), FEATURES, batch_size=8,
+  return text_data.TextTaskData(splits, vocab_lib.ByteVocab(), FEATURES, batch_size=8,
                                 seed=seed, label_strings=synthetic.label_strings(task))
 
 
@@ -156,18 +156,18 @@ def smoke_data(seed: int = 0) -> task_data.TextTaskData:
 
 
 def _reference_steps(method_factory, data, optimizer, steps, extra_steps, seed):
-  """The unsharded (1, 1) run of what `train.train` does, plus `extra_steps`
+  """The unsharded (1, 1) run of what `run.train` does, plus `extra_steps`
   more steps on one fixed batch. Returns (params after `steps`, fixed-batch
   losses)."""
   ckpt = backbone_dir()
-  cfg = hf_checkpoints.load_config(ckpt)
+  cfg = hf_t5.load_config(ckpt)
   mesh = partitioning.make_mesh(1, 1, devices=jax.devices()[:1])
   rules = partitioning.standard_logical_axis_rules()
   module = t5.T5(cfg)
   shardings = backbones.frozen_shardings(module, mesh, rules)
-  frozen_params = hf_checkpoints.load_params(ckpt, cfg, mesh=mesh, rules=rules)
-  model = models.PromptModel(module, method_factory(backbone_config=cfg))
-  ctx = prompts.InitContext(
+  frozen_params = hf_t5.load_params(ckpt, cfg, mesh=mesh, rules=rules)
+  model = seq2seq.PromptModel(module, method_factory(backbone_config=cfg))
+  ctx = initializers.InitContext(
       embedding=np.asarray(frozen_params["token_embedder"]["embedding"]),
       vocab=data.vocab)
   tx = optimizers.build_optimizer(optimizer)
@@ -191,18 +191,18 @@ def check_training(tmp_path, method_factory, data=None, steps=2, extra_steps=4,
                    optimizer=optimizers.OptimizerConfig(), atol=1e-5) -> dict:
   """The per-method training check:
 
-  1. a `steps`-step `train.train` run on a (2, 4) mesh (smoke run through the
+  1. a `steps`-step `run.train` run on a (2, 4) mesh (smoke run through the
      CLI's code path: backbone checkpoint, sharding, checkpoints, .npy export);
   2. the same steps unsharded on one device give the same trainables;
   3. on a fixed batch, further unsharded steps lower the loss.
-  Returns train.train's result.
+  Returns run.train's result.
   """
   data = data or smoke_data()
   seed = 42
-  result = train_lib.train(
+  result = run_lib.train(
       model_dir=str(tmp_path), backbone=backbones.BackboneSpec(checkpoint_dir=backbone_dir()),
       method=method_factory, data=data, optimizer=optimizer, num_steps=steps,
-      log_every=1, progress_bar=False, mesh=train_lib.MeshConfig(data=2, model=4),
+      log_every=1, progress_bar=False, mesh=run_lib.MeshConfig(data=2, model=4),
       seed=seed)
   assert np.isfinite(result["train/loss"]), result
   assert result["trainable_params"] > 0
@@ -242,7 +242,7 @@ class _TaskIndexBatches:
     self._inner.set_state(state)
 
 
-class TaskIndexData(task_data.TextTaskData):
+class TaskIndexData(text_data.TextTaskData):
   """`smoke_data`'s examples with a `task_index` feature in training batches."""
   num_tasks = 2
 

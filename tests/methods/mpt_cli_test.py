@@ -7,9 +7,9 @@ import pytest
 
 from ptuning_jax import cli
 from ptuning_jax import testing
-from ptuning_jax import vocab as vocab_lib
-from ptuning_jax.data import seqio_data
-from ptuning_jax.data import synthetic_tasks
+from ptuning_jax.data import vocab as vocab_lib
+from ptuning_jax.data.seqio import seqio_data
+from ptuning_jax.data.seqio import synthetic_tasks
 
 SOURCES = ["synthetic_count", "synthetic_max", "synthetic_more"]
 LENGTHS = {"inputs": 34, "targets": 4}

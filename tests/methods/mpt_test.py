@@ -10,17 +10,18 @@ import pytest
 
 import method_testing as mt
 from ptuning_jax import backbones
-from ptuning_jax import hf_checkpoints
+from ptuning_jax.backbones.hf import t5 as hf_t5
 from ptuning_jax import methods
-from ptuning_jax import models
-from ptuning_jax import optimizers
-from ptuning_jax import partitioning
-from ptuning_jax import prompts
-from ptuning_jax import t5
-from ptuning_jax import train as train_lib
-from ptuning_jax import trainer as trainer_lib
-from ptuning_jax import vocab as vocab_lib
+from ptuning_jax.models import seq2seq
+from ptuning_jax.training import optimizers
+from ptuning_jax.training import partitioning
+from ptuning_jax.methods import prompt_tuning
+from ptuning_jax.backbones import t5
+from ptuning_jax.training import run as run_lib
+from ptuning_jax.training import trainer as trainer_lib
+from ptuning_jax.data import vocab as vocab_lib
 from ptuning_jax.methods import mpt
+from ptuning_jax.training.recipes import mpt as mpt_recipe
 
 K, P, R = 3, 4, 2
 
@@ -63,7 +64,7 @@ def test_task_prompt_is_shared_prompt_times_rank_r_update():
   assert out_mask.shape == (4, P + 5) and out_mask.all()
   folded, folded_params = mpt.fold(method, tr, task=2)
   np.testing.assert_allclose(folded_params["prompt"], out[0, :P], rtol=1e-6)
-  assert isinstance(folded, prompts.SoftPrompt)
+  assert isinstance(folded, prompt_tuning.SoftPrompt)
   with pytest.raises(ValueError, match=r"task_index values \[3\]"):
     method.apply({"params": tr}, 4, batch={"task_index": index + 1}).encoder_inputs(
         x, tokens, mask)
@@ -159,7 +160,7 @@ def test_distillation_loss(tmp_path):
   batch["task_index"] = np.array([0, 1] * 4, np.int32)
   rng = np.random.default_rng(3)
   teachers = [rng.normal(size=(P, cfg.d_model)) for _ in range(2)]
-  model = mpt.distillation_model(module, method, weight=0.5, temperature=2.0,
+  model = mpt_recipe.distillation_model(module, method, weight=0.5, temperature=2.0,
                                  teacher_files=_teacher_files(tmp_path, cfg, teachers))
   np.testing.assert_array_equal(model.teachers, np.stack(teachers).astype(np.float32))
 
@@ -168,10 +169,10 @@ def test_distillation_loss(tmp_path):
     with_teachers = dataclasses.replace(model, teachers=teachers)
     (objective, metrics), grads = jax.value_and_grad(with_teachers.loss_fn, has_aux=True)(
         tr, params, batch)
-    student = mpt.forward_with_hidden(module, params, batch,
+    student = mpt_recipe.forward_with_hidden(module, params, batch,
                                       method.apply({"params": tr}, 8, batch=batch))
     teacher_hooks = with_teachers.teacher_hooks(batch)
-    teacher = mpt.forward_with_hidden(module, params, batch, teacher_hooks)
+    teacher = mpt_recipe.forward_with_hidden(module, params, batch, teacher_hooks)
     return objective, metrics, grads, student, teacher
 
   # Teachers equal to the student's own task prompts: no distillation signal.
@@ -179,7 +180,7 @@ def test_distillation_loss(tmp_path):
   objective, metrics, _, student, _ = run(own, tr)
   assert abs(float(metrics["distill_kl"])) < 1e-6
   assert abs(float(metrics["distill_hidden"])) < 1e-10
-  total, weight, _ = models.cross_entropy(student[0], batch["decoder_target_tokens"],
+  total, weight, _ = seq2seq.cross_entropy(student[0], batch["decoder_target_tokens"],
                                           batch["decoder_loss_weights"])
   np.testing.assert_allclose(metrics["loss"], total / weight, rtol=1e-6)
   # Other teachers: L = L_PLM + lambda (KL + MSE), KL checked by hand.
@@ -199,10 +200,10 @@ def test_distillation_loss(tmp_path):
       (se[0] * enc_mask).sum() + (se[1] * w).sum()) / (enc_mask.sum() + w.sum()), rtol=1e-5)
   assert all(np.abs(g).max() > 0 for g in jax.tree_util.tree_leaves(grads))
   with pytest.raises(ValueError, match="2 teacher_files for a method with num_tasks=3"):
-    mpt.distillation_model(module, _method(cfg), teacher_files=_teacher_files(
+    mpt_recipe.distillation_model(module, _method(cfg), teacher_files=_teacher_files(
         tmp_path, cfg, teachers))
   with pytest.raises(ValueError, match=r"teacher .*teacher_1.npy has shape \(3,\)"):
-    mpt.distillation_model(module, method, teacher_files=_teacher_files(
+    mpt_recipe.distillation_model(module, method, teacher_files=_teacher_files(
         tmp_path, cfg, [teachers[0], np.ones(3)]))
   del batch["task_index"]
   with pytest.raises(ValueError, match="needs the batch feature 'task_index'"):
@@ -226,13 +227,13 @@ def _unsharded_distillation_steps(teacher_files, steps, extra_steps=4):
   """What `run_stage_one` trains, on a (1, 1) mesh. Returns the trainables
   after `steps` and the losses of `extra_steps` more steps on one batch."""
   ckpt = mt.backbone_dir()
-  cfg = hf_checkpoints.load_config(ckpt)
+  cfg = hf_t5.load_config(ckpt)
   mesh = partitioning.make_mesh(1, 1, devices=jax.devices()[:1])
   rules = partitioning.standard_logical_axis_rules()
   module = t5.T5(cfg)
-  frozen_params = hf_checkpoints.load_params(ckpt, cfg, mesh=mesh, rules=rules)
+  frozen_params = hf_t5.load_params(ckpt, cfg, mesh=mesh, rules=rules)
   method = mpt.MPT(cfg, num_tasks=len(teacher_files), length=P, factor_stddev=1.0)
-  model = mpt.distillation_model(module, method, teacher_files=teacher_files)
+  model = mpt_recipe.distillation_model(module, method, teacher_files=teacher_files)
   data = mt.task_index_data()
   tx = optimizers.build_optimizer(DRIVER_OPTIMIZER)
   state = trainer_lib.create_train_state(
@@ -258,11 +259,11 @@ def test_stage_one_then_stage_two_drivers(tmp_path):
   files = _teacher_files(tmp_path, None, [rng.normal(size=(P, h)) for _ in range(2)])
   common = dict(backbone=_spec(), optimizer=DRIVER_OPTIMIZER,
                 log_every=1, progress_bar=False,
-                mesh=train_lib.MeshConfig(data=2, model=4))
+                mesh=run_lib.MeshConfig(data=2, model=4))
   # Factors of unit scale: at PEFT's N(0, 0.02) the task prompts are ~4e-4,
   # the first RMS norm amplifies gradients ~1e3 and float32 reduction order
   # alone moves Adafactor's normalised updates by more than 1e-5.
-  one = mpt.run_stage_one(model_dir=str(tmp_path / "one"), teacher_files=files,
+  one = mpt_recipe.run_stage_one(model_dir=str(tmp_path / "one"), teacher_files=files,
                           length=P, num_steps=2, data=mt.task_index_data(),
                           factor_stddev=1.0, **common)
   assert np.isfinite(one["train/loss"]) and one["train/distill_kl"] > 0
@@ -278,7 +279,7 @@ def test_stage_one_then_stage_two_drivers(tmp_path):
                                atol=1e-5, rtol=0, err_msg=name)
   assert sorted(os.listdir(source)) == ["prefix_task_cols.npy", "prefix_task_rows.npy",
                                         "prompt.npy"]
-  two = mpt.run_stage_two(model_dir=str(tmp_path / "two"), source=source, num_steps=1,
+  two = mpt_recipe.run_stage_two(model_dir=str(tmp_path / "two"), source=source, num_steps=1,
                           data=mt.smoke_data(), **common)
   assert two["trainable_params"] == mpt.num_params(h, P, 1)
   first = np.load(os.path.join(source, "prompt.npy"))
@@ -302,11 +303,11 @@ def test_gin_files_wire_both_stages(tmp_path):
       "MPT_DISTILL_WEIGHT = 0.5"])
   try:
     method = gin.query_parameter("%METHOD").scoped_configurable_fn(backbone_config=cfg)
-    factory = gin.query_parameter("train.train.model_factory").scoped_configurable_fn
+    factory = gin.query_parameter("run.train.model_factory").scoped_configurable_fn
     model = factory(module, method, z_loss=0.0)
   finally:
     gin.clear_config()
-  assert isinstance(model, mpt.DistillationModel) and model.weight == 0.5
+  assert isinstance(model, mpt_recipe.DistillationModel) and model.weight == 0.5
   assert model.teachers.shape == (2, P, cfg.d_model)
   assert (method.num_tasks, method.length, method.init_mode) == (2, P, "RANDOM")
   source = str(tmp_path / "src")

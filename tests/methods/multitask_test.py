@@ -5,15 +5,15 @@ import pytest
 
 import method_testing as mt
 from ptuning_jax import methods
-from ptuning_jax import prompts
+from ptuning_jax.methods import initializers
 from ptuning_jax.methods import multitask
 
 K, P, PT = 3, 2, 4
 
 
 def _method(cfg, **kw):
-  kw = dict(dict(num_tasks=K, length=P, shared_initializer=prompts.normal(),
-                 task_initializer=prompts.normal()), **kw)
+  kw = dict(dict(num_tasks=K, length=P, shared_initializer=initializers.normal(),
+                 task_initializer=initializers.normal()), **kw)
   return multitask.MultiTaskPrompt(cfg, **kw)
 
 
@@ -113,6 +113,6 @@ def test_training_sharded_equals_unsharded(tmp_path):
   data = mt.task_index_data()
   result = mt.check_training(tmp_path, mt.partial(
       multitask.MultiTaskPrompt, num_tasks=data.num_tasks, length=P, task_length=PT,
-      combine="concat", shared_initializer=prompts.sampled_vocab(100),
-      task_initializer=prompts.sampled_vocab(100)), data=data)
+      combine="concat", shared_initializer=initializers.sampled_vocab(100),
+      task_initializer=initializers.sampled_vocab(100)), data=data)
   assert result["trainable_params"] == P * cfg.d_model + data.num_tasks * PT * cfg.d_model

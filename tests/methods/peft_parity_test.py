@@ -1,7 +1,7 @@
 """Parity with Hugging Face PEFT 0.21 (PyTorch, transformers 5) on one random T5.
 
 The same random-weight checkpoint (`testing.make_hf_t5`) is loaded by
-transformers and by `hf_checkpoints.load_params`; PEFT's initial trainable
+transformers and by `hf_t5.load_params`; PEFT's initial trainable
 tensors are copied into our parameters; loss and gradients must agree within
 1e-4. PEFT's seq2seq defaults are kept and mapped exactly:
 
@@ -54,12 +54,13 @@ import numpy as np
 import pytest
 
 import method_testing as mt
-from ptuning_jax import hf_checkpoints
+from ptuning_jax.backbones.hf import t5 as hf_t5
 from ptuning_jax import hooks as hooks_lib
-from ptuning_jax import layers
-from ptuning_jax import models
-from ptuning_jax import prompts
-from ptuning_jax import t5
+from ptuning_jax.backbones import layers
+from ptuning_jax.models import seq2seq
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import prompt_tuning
+from ptuning_jax.backbones import t5
 from ptuning_jax import testing
 from ptuning_jax.methods import mpt
 from ptuning_jax.methods import prefix_tuning
@@ -78,7 +79,7 @@ ATOL = 1e-4
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
   path = testing.make_hf_t5(str(tmp_path_factory.mktemp("peft")), CONFIG, seed=0)
-  return path, hf_checkpoints.load_params(path, CONFIG)
+  return path, hf_t5.load_params(path, CONFIG)
 
 
 def _batch():
@@ -112,7 +113,7 @@ def _peft_loss_and_grad(model, batch):
 
 
 def _our_loss_and_grad(method, trainables, params, batch):
-  model = models.PromptModel(t5.T5(CONFIG), method)
+  model = seq2seq.PromptModel(t5.T5(CONFIG), method)
   grad_fn = jax.jit(jax.value_and_grad(lambda tr, b: model.loss_fn(tr, params, b)[0]))
   loss, grads = grad_fn(trainables, batch)
   return float(loss), jax.tree_util.tree_map(np.asarray, grads)
@@ -133,8 +134,8 @@ def test_prompt_tuning_matches_peft(checkpoint):
   batch = _batch()
   peft_loss, peft_grad = _peft_loss_and_grad(model, batch)
 
-  method = prompts.SoftPrompt(backbone_config=CONFIG, length=P,
-                              initializer=prompts.normal())
+  method = prompt_tuning.SoftPrompt(backbone_config=CONFIG, length=P,
+                              initializer=initializers.normal())
   trainables = {"prompt": weight[:P].copy()}
   loss, grads = _our_loss_and_grad(method, trainables, params, batch)
   np.testing.assert_allclose(loss, peft_loss, atol=ATOL, rtol=0)

@@ -4,8 +4,9 @@ import pytest
 
 import method_testing as mt
 from ptuning_jax import methods
-from ptuning_jax import prompts
-from ptuning_jax import t5
+from ptuning_jax.methods import initializers
+from ptuning_jax.methods import prompt_tuning
+from ptuning_jax.backbones import t5
 from ptuning_jax.methods import residual
 
 P, M = 3, 5
@@ -16,7 +17,7 @@ def test_param_count_matches_formula(layer_norm):
   cfg = mt.config()
   h = cfg.d_model
   method = residual.ResidualPrompt(cfg, length=P, bottleneck=M, layer_norm=layer_norm,
-                                   initializer=prompts.normal())
+                                   initializer=initializers.normal())
   expected = P * h + (h * M + M) + (M * h + h) + (2 * h if layer_norm else 0)
   assert methods.count_params(method) == expected == residual.num_params(h, P, M, layer_norm)
 
@@ -24,7 +25,7 @@ def test_param_count_matches_formula(layer_norm):
 def test_large_count_matches_dpt_figure():
   # DPT's Figure 1: residual prompt tuning on T5-Large has 925K parameters.
   method = residual.ResidualPrompt(t5.get_config("large"), length=100, bottleneck=400,
-                                   initializer=prompts.normal())
+                                   initializer=initializers.normal())
   assert methods.count_params(method) == 925_072
 
 
@@ -51,7 +52,7 @@ def test_fold_gives_identical_outputs():
   cfg = mt.config()
   method = residual.ResidualPrompt(cfg, length=P, bottleneck=M, dropout_rate=0.3)
   folded, _ = mt.check_fold(method)
-  assert isinstance(folded, prompts.SoftPrompt)
+  assert isinstance(folded, prompt_tuning.SoftPrompt)
   assert methods.count_params(folded) == P * cfg.d_model
 
 
@@ -59,5 +60,5 @@ def test_training_sharded_equals_unsharded(tmp_path):
   cfg = mt.sharded_config()
   result = mt.check_training(tmp_path, mt.partial(
       residual.ResidualPrompt, length=P, bottleneck=M,
-      initializer=prompts.sampled_vocab(100)))
+      initializer=initializers.sampled_vocab(100)))
   assert result["trainable_params"] == residual.num_params(cfg.d_model, P, M)

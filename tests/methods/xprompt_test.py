@@ -10,11 +10,11 @@ import pytest
 import method_testing as mt
 from ptuning_jax import backbones
 from ptuning_jax import methods
-from ptuning_jax import models
-from ptuning_jax import optimizers
-from ptuning_jax import prompts
-from ptuning_jax import t5
-from ptuning_jax import train as train_lib
+from ptuning_jax.models import seq2seq
+from ptuning_jax.training import optimizers
+from ptuning_jax.methods import initializers
+from ptuning_jax.backbones import t5
+from ptuning_jax.training import run as run_lib
 from ptuning_jax.methods import xprompt
 
 P, K = 4, 3  # prompt length, pieces per token (d_model 12: pieces of 4)
@@ -24,7 +24,7 @@ PIECE_MASK = ((1, 1, 1), (1, 1, 1), (0, 1, 0), (1, 1, 0))
 
 def _method(cfg, **kw):
   return xprompt.XPrompt(cfg, **dict(dict(length=P, num_pieces=K,
-                                          initializer=prompts.normal()), **kw))
+                                          initializer=initializers.normal()), **kw))
 
 
 def test_param_counts():
@@ -75,7 +75,7 @@ def test_importance_scores_are_summed_per_example_sensitivities():
   module, params = mt.frozen(cfg)
   method = _method(cfg, token_mask=TOKEN_MASK)
   tr = mt.init(method, params)
-  model = models.PromptModel(module, method)
+  model = seq2seq.PromptModel(module, method)
   batch = mt.make_batch(cfg.vocab_size, batch=4)
   score = jax.jit(functools.partial(xprompt.score_fn, model))
   token, piece = jax.device_get(score(tr, params, batch))
@@ -123,7 +123,7 @@ def test_rounds_prune_rewind_and_report(tmp_path):
 
   def recording_train(**kwargs):
     calls.append(kwargs["method"])
-    return train_lib.train(**kwargs)
+    return run_lib.train(**kwargs)
 
   method = functools.partial(xprompt.XPrompt, length=P, num_pieces=2)
   report = xprompt.run_rounds(
@@ -131,7 +131,7 @@ def test_rounds_prune_rewind_and_report(tmp_path):
       schedule=xprompt.PruningSchedule(token_fractions=(0.5,), piece_fractions=(0.5,)),
       score_batches=1, backbone=backbones.BackboneSpec(checkpoint_dir=mt.backbone_dir()),
       data=mt.smoke_data(), optimizer=optimizers.OptimizerConfig(), log_every=1,
-      progress_bar=False, mesh=train_lib.MeshConfig(data=2, model=4))
+      progress_bar=False, mesh=run_lib.MeshConfig(data=2, model=4))
   assert [r["level"] for r in report["rounds"]] == ["none", "token", "piece"]
   assert report["rounds"][0]["survivors"]["tokens"] == [0, 1, 2, 3]
   token_round, piece_round = report["rounds"][1], report["rounds"][2]

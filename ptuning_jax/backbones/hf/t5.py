@@ -1,0 +1,418 @@
+"""Import and export Hugging Face T5 checkpoints (safetensors) for `t5.T5`.
+
+A checkpoint directory holds `config.json` and either `model.safetensors` or
+shards listed in `model.safetensors.index.json`. Every HF tensor maps to
+exactly one parameter (HF `Linear` weights are [out, in]; our kernels are
+[in, out], attention kernels split into heads):
+
+  shared.weight [V, H]                              -> token_embedder/embedding
+  {enc,dec}oder.block.0.layer.0.SelfAttention
+      .relative_attention_bias.weight [R, N]        -> {stack}/relpos_bias/rel_embedding
+  ...SelfAttention|EncDecAttention.{q,k,v}.weight [N*D, H] -> .../{query,key,value}/kernel [H, N, D]
+  ....o.weight [H, N*D]                             -> .../out/kernel [N, D, H]
+  ...DenseReluDense.{wi,wi_0,wi_1}.weight [F, H]    -> .../mlp/{wi,wi_0,wi_1}/kernel [H, F]
+  ...DenseReluDense.wo.weight [H, F]                -> .../mlp/wo/kernel [F, H]
+  ...layer_norm.weight, {enc,dec}oder.final_layer_norm.weight [H] -> .../scale
+  lm_head.weight [V, H]                             -> logits_dense/kernel [H, V]
+
+Tied aliases. Checkpoints written by transformers may also store
+`encoder.embed_tokens.weight` / `decoder.embed_tokens.weight` (copies of
+`shared.weight`), and tied original-T5 checkpoints may store `lm_head.weight`
+equal to `shared.weight`. Aliases are accepted only when bit-identical to the
+embedding (the first present of shared / encoder / decoder embed_tokens);
+any difference raises `CheckpointMismatchError`. HF's unused
+`decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight`
+(present in some old checkpoints; HF ignores it on load) is ignored too.
+
+Scaling vs tying. transformers 5 splits HF's `tie_word_embeddings` into
+weight tying and `scale_decoder_outputs` (default: `tie_word_embeddings`,
+default True). Our `T5Config.tie_word_embeddings` means "tied head, scaled"
+(original T5) or "separate head, unscaled" (T5 1.1). An unscaled checkpoint
+that declares tying and has no `lm_head.weight` (what transformers 5 writes
+for a T5 1.1-style model built from a config) gets `logits_dense` as a copy of
+the embedding, which computes the same function. A scaled checkpoint with a
+different `lm_head.weight` is not representable and raises.
+
+Loading streams tensor by tensor with `safetensors.safe_open` (numpy; bf16
+via ml_dtypes) and places each directly into its target sharding, so the host
+never holds the whole model.
+
+Dimension letters: V vocabulary, H d_model, N heads, D head dim, F MLP dim,
+R relative-position buckets.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Iterator, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import save_file
+
+from ptuning_jax.backbones.hf import tensors as hf_tensors
+from ptuning_jax.training import partitioning
+from ptuning_jax.backbones import t5
+from ptuning_jax.backbones.hf.tensors import CheckpointMismatchError
+from ptuning_jax.backbones.hf.tensors import INDEX_NAME
+from ptuning_jax.backbones.hf.tensors import TensorMap
+from ptuning_jax.backbones.hf.tensors import WEIGHTS_NAME
+
+CONFIG_NAME = "config.json"
+EMBED_ALIASES = ("shared.weight", "encoder.embed_tokens.weight",
+                 "decoder.embed_tokens.weight")
+IGNORED_TENSORS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+FEED_FORWARD_PROJ = {"gated-gelu": "gated-gelu", "relu": "relu"}
+DENSE_ACT_FN = {"gated-gelu": "gelu_new", "relu": "relu"}
+
+Params = Any
+
+
+def tensor_maps(config: t5.T5Config) -> list[TensorMap]:
+  """The complete parameter <-> HF tensor correspondence for `config`."""
+  maps = [TensorMap(("token_embedder", "embedding"), "shared.weight", "copy")]
+  if not config.tie_word_embeddings:
+    maps.append(TensorMap(("logits_dense", "kernel"), "lm_head.weight", "linear"))
+  for stack, num_layers in (("encoder", config.num_encoder_layers),
+                            ("decoder", config.num_decoder_layers)):
+    maps.append(TensorMap(
+        (stack, "relpos_bias", "rel_embedding"),
+        f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "copy"))
+    norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
+    maps.append(TensorMap((stack, norm, "scale"), f"{stack}.final_layer_norm.weight",
+                          "copy"))
+    for i in range(num_layers):
+      maps += _layer_maps(config, stack, i)
+  return maps
+
+
+def _layer_maps(config: t5.T5Config, stack: str, i: int) -> list[TensorMap]:
+  hf = f"{stack}.block.{i}.layer"
+  ours = (stack, f"layers_{i}")
+  if stack == "encoder":
+    blocks = [("pre_attention_layer_norm", "attention", f"{hf}.0", "SelfAttention")]
+    mlp_hf = f"{hf}.1"
+  else:
+    blocks = [("pre_self_attention_layer_norm", "self_attention", f"{hf}.0",
+               "SelfAttention"),
+              ("pre_cross_attention_layer_norm", "encoder_decoder_attention",
+               f"{hf}.1", "EncDecAttention")]
+    mlp_hf = f"{hf}.2"
+  maps = []
+  for norm, attention, prefix, hf_attention in blocks:
+    maps.append(TensorMap(ours + (norm, "scale"), f"{prefix}.layer_norm.weight", "copy"))
+    for proj, hf_proj in (("query", "q"), ("key", "k"), ("value", "v")):
+      maps.append(TensorMap(ours + (attention, proj, "kernel"),
+                            f"{prefix}.{hf_attention}.{hf_proj}.weight", "linear_heads"))
+    maps.append(TensorMap(ours + (attention, "out", "kernel"),
+                          f"{prefix}.{hf_attention}.o.weight", "linear_out_heads"))
+  maps.append(TensorMap(ours + ("pre_mlp_layer_norm", "scale"),
+                        f"{mlp_hf}.layer_norm.weight", "copy"))
+  wis = ("wi_0", "wi_1") if config.feed_forward == "gated-gelu" else ("wi",)
+  for name in wis + ("wo",):
+    maps.append(TensorMap(ours + ("mlp", name, "kernel"),
+                          f"{mlp_hf}.DenseReluDense.{name}.weight", "linear"))
+  return maps
+
+
+# --------------------------------- config -----------------------------------
+
+
+def load_config(ckpt_dir: str) -> t5.T5Config:
+  """Maps an HF T5 / mT5 `config.json` onto `T5Config`.
+
+  Raises:
+    ValueError: a value this implementation does not support (model type,
+      activation, a decoder-only config, a scaled head with untied weights
+      declared in the config), naming the file and key.
+  """
+  path = os.path.join(ckpt_dir, CONFIG_NAME)
+  hf = hf_tensors.read_json(path)
+  if hf.get("model_type") not in ("t5", "mt5"):
+    raise ValueError(f"{path}: model_type={hf.get('model_type')!r} is not supported "
+                     "(expected 't5' or 'mt5').")
+  for key, expected in (("is_decoder", False), ("is_encoder_decoder", True)):
+    if key in hf and hf[key] != expected:
+      raise ValueError(f"{path}: {key}={hf[key]!r} is not supported (need {expected}).")
+  proj = hf.get("feed_forward_proj", "relu")
+  if proj not in FEED_FORWARD_PROJ:
+    raise ValueError(f"{path}: feed_forward_proj={proj!r} is not supported; "
+                     f"expected one of {sorted(FEED_FORWARD_PROJ)}.")
+  act = hf.get("dense_act_fn")
+  if act is not None and act != DENSE_ACT_FN[proj] and not (
+      proj == "gated-gelu" and act == "gelu"):  # HF maps gated-gelu to gelu_new
+    raise ValueError(f"{path}: dense_act_fn={act!r} contradicts feed_forward_proj="
+                     f"{proj!r} (HF uses {DENSE_ACT_FN[proj]!r}).")
+  num_layers = hf_tensors.int_field(hf, "num_layers", path)
+  decoder_layers = hf.get("num_decoder_layers")
+  pad = hf_tensors.int_field(hf, "pad_token_id", path, 0)
+  return t5.T5Config(
+      vocab_size=hf_tensors.int_field(hf, "vocab_size", path),
+      d_model=hf_tensors.int_field(hf, "d_model", path),
+      num_heads=hf_tensors.int_field(hf, "num_heads", path),
+      d_kv=hf_tensors.int_field(hf, "d_kv", path),
+      d_ff=hf_tensors.int_field(hf, "d_ff", path),
+      num_encoder_layers=num_layers,
+      num_decoder_layers=(num_layers if decoder_layers is None
+                          else hf_tensors.int_field(hf, "num_decoder_layers", path)),
+      relative_attention_num_buckets=hf_tensors.int_field(
+          hf, "relative_attention_num_buckets", path, 32),
+      relative_attention_max_distance=hf_tensors.int_field(
+          hf, "relative_attention_max_distance", path, 128),
+      feed_forward=FEED_FORWARD_PROJ[proj],
+      tie_word_embeddings=_scales_decoder_outputs(hf, path),
+      dropout_rate=float(hf.get("dropout_rate", 0.1)),
+      layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
+      pad_token_id=pad,
+      eos_token_id=hf_tensors.int_field(hf, "eos_token_id", path, 1),
+      decoder_start_token_id=hf_tensors.int_field(hf, "decoder_start_token_id", path, pad),
+  )
+
+
+def _scales_decoder_outputs(hf: Mapping[str, Any], path: str) -> bool:
+  """HF semantics: `scale_decoder_outputs`, else `tie_word_embeddings`, else True."""
+  tie = hf.get("tie_word_embeddings", True)
+  scale = hf.get("scale_decoder_outputs", tie)
+  if not isinstance(scale, bool) or not isinstance(tie, bool):
+    raise ValueError(f"{path}: tie_word_embeddings / scale_decoder_outputs must be bools.")
+  return scale
+
+
+def _declares_tied_head(ckpt_dir: str) -> bool:
+  path = os.path.join(ckpt_dir, CONFIG_NAME)
+  if not os.path.exists(path):
+    return False
+  return bool(hf_tensors.read_json(path).get("tie_word_embeddings", True))
+
+
+def hf_config_dict(config: t5.T5Config) -> dict:
+  """`config.json` contents for `config` (readable by transformers 4 and 5)."""
+  return {
+      "architectures": ["T5ForConditionalGeneration"],
+      "model_type": "t5",
+      "vocab_size": config.vocab_size,
+      "d_model": config.d_model,
+      "num_heads": config.num_heads,
+      "d_kv": config.d_kv,
+      "d_ff": config.d_ff,
+      "num_layers": config.num_encoder_layers,
+      "num_decoder_layers": config.num_decoder_layers,
+      "relative_attention_num_buckets": config.relative_attention_num_buckets,
+      "relative_attention_max_distance": config.relative_attention_max_distance,
+      "feed_forward_proj": config.feed_forward,
+      "dense_act_fn": DENSE_ACT_FN[config.feed_forward],
+      "is_gated_act": config.feed_forward == "gated-gelu",
+      "tie_word_embeddings": config.tie_word_embeddings,
+      "scale_decoder_outputs": config.tie_word_embeddings,
+      "dropout_rate": config.dropout_rate,
+      "layer_norm_epsilon": config.layer_norm_epsilon,
+      "initializer_factor": 1.0,
+      "is_encoder_decoder": True,
+      "use_cache": True,
+      "pad_token_id": config.pad_token_id,
+      "eos_token_id": config.eos_token_id,
+      "decoder_start_token_id": config.decoder_start_token_id,
+      "dtype": config.param_dtype,
+  }
+
+
+# -------------------------------- tensors -----------------------------------
+
+
+def _abstract_params(config: t5.T5Config):
+  """Boxed (logically partitioned) shapes/dtypes of the model's params, no FLOPs."""
+  dummy = jnp.ones((1, 1), jnp.int32)
+  return jax.eval_shape(
+      lambda: t5.T5(config).init(jax.random.PRNGKey(0), dummy, dummy)["params"])
+
+
+def _check_tensors(source: hf_tensors.TensorSource, maps: list[TensorMap], abstract,
+                   config: t5.T5Config, ckpt_dir: str) -> Optional[str]:
+  """Validates names and shapes; returns the lm_head source name or None.
+
+  Raises:
+    CheckpointMismatchError: listing every missing, unexpected and mis-shaped
+      tensor with expected vs actual shapes.
+  """
+  present = source.names()
+  problems, expected = [], {}
+  for m in maps:
+    expected[m.hf_name] = hf_tensors.hf_shape(tuple(hf_tensors.get_path(abstract, m.path).shape), m.kind)
+  embed_shape = expected["shared.weight"]
+  head_source = None
+  if not config.tie_word_embeddings and "lm_head.weight" not in present:
+    if _declares_tied_head(ckpt_dir):
+      head_source = "embedding"  # HF ties lm_head to shared here; same function.
+      del expected["lm_head.weight"]
+  optional = list(EMBED_ALIASES[1:])  # tied aliases of shared.weight
+  if config.tie_word_embeddings:
+    optional.append("lm_head.weight")
+  if "shared.weight" not in present and any(n in present for n in optional[:2]):
+    optional.append("shared.weight")  # an alias supplies the embedding
+    del expected["shared.weight"]
+  for name in optional:
+    if name in present:
+      expected[name] = embed_shape
+  for name in sorted(expected):
+    if name not in present:
+      problems.append(f"missing {name}: expected shape {list(expected[name])}")
+    elif source.shape(name) != expected[name]:
+      problems.append(f"mis-shaped {name}: expected {list(expected[name])}, "
+                      f"found {list(source.shape(name))}")
+  for name in sorted(present - set(expected) - set(IGNORED_TENSORS)):
+    problems.append(f"unexpected {name}: shape {list(source.shape(name))}")
+  if problems:
+    raise CheckpointMismatchError(
+        f"Checkpoint {ckpt_dir} does not match the T5 config "
+        f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+  return head_source
+
+
+def _embedding(source: hf_tensors.TensorSource, config: t5.T5Config, ckpt_dir: str) -> np.ndarray:
+  """The embedding table, after checking that every tied alias equals it."""
+  names = [n for n in EMBED_ALIASES if n in source.names()]
+  if config.tie_word_embeddings and "lm_head.weight" in source.names():
+    names.append("lm_head.weight")
+  table = source.get(names[0])
+  for name in names[1:]:
+    if not np.array_equal(source.get(name), table):
+      what = ("an untied lm_head with a scaled (original T5) config is not supported"
+              if name == "lm_head.weight" else "tied aliases must be identical")
+      raise CheckpointMismatchError(
+          f"Checkpoint {ckpt_dir}: {name} differs from {names[0]}; {what}.")
+  return table
+
+
+def load_params(ckpt_dir: str, config: Optional[t5.T5Config] = None, *,
+                mesh: Optional[jax.sharding.Mesh] = None,
+                rules: Optional[partitioning.LogicalRules] = None,
+                param_dtype: Optional[str] = None) -> Params:
+  """Loads a checkpoint into a plain (unboxed) params tree.
+
+  Args:
+    ckpt_dir: HF checkpoint directory.
+    config: the model config; default `load_config(ckpt_dir)`.
+    mesh: place every tensor directly into its NamedSharding on this mesh
+      (`partitioning.param_shardings` of the model's logical axes: a dim its
+      mesh axes do not divide is replicated); default: the default device.
+    rules: logical axis rules; default `partitioning.standard_logical_axis_rules()`.
+    param_dtype: storage dtype; default `config.param_dtype`.
+  Returns:
+    params tree as produced by `T5(config).init(...)["params"]`, unboxed.
+  Raises:
+    CheckpointMismatchError: missing / unexpected / mis-shaped / conflicting
+      tensors (all listed).
+  """
+  config = config or load_config(ckpt_dir)
+  if param_dtype is not None:
+    config = dataclasses.replace(config, param_dtype=param_dtype)
+  boxed = _abstract_params(config)
+  abstract = nn.meta.unbox(boxed)
+  shardings = None
+  if mesh is not None:  # dims their mesh axes do not divide are replicated
+    rules = partitioning.standard_logical_axis_rules() if rules is None else rules
+    shardings = partitioning.param_shardings(boxed, mesh, rules)
+  maps = tensor_maps(config)
+  params: dict = {}
+  with contextlib.ExitStack() as stack:
+    source = hf_tensors.TensorSource(ckpt_dir, stack)
+    head_source = _check_tensors(source, maps, abstract, config, ckpt_dir)
+    embedding = _embedding(source, config, ckpt_dir)
+    for m in maps:
+      target = hf_tensors.get_path(abstract, m.path)
+      if m.hf_name == "shared.weight":
+        array = embedding
+      elif m.hf_name == "lm_head.weight" and head_source == "embedding":
+        array = embedding
+        logging.info("%s has no lm_head.weight and declares a tied head: "
+                     "logits_dense is a copy of the embedding.", ckpt_dir)
+      else:
+        array = source.get(m.hf_name)
+      array = hf_tensors.to_ours(array, m.kind, tuple(target.shape)).astype(target.dtype)
+      sharding = None if shardings is None else hf_tensors.get_path(shardings, m.path)
+      try:
+        hf_tensors.set_path(params, m.path, hf_tensors.place(array, sharding))
+      except ValueError as e:  # e.g. a dim not divisible by its mesh axis
+        raise ValueError(f"Cannot place {m.hf_name} as {'/'.join(m.path)} "
+                         f"{array.shape} with {sharding}: {e}") from e
+      del array
+  return params
+
+
+def load_checkpoint(ckpt_dir: str, **kwargs) -> tuple[t5.T5Config, Params]:
+  """`(load_config(ckpt_dir), load_params(ckpt_dir, config, **kwargs))`."""
+  config = load_config(ckpt_dir)
+  if kwargs.get("param_dtype") is not None:
+    config = dataclasses.replace(config, param_dtype=kwargs["param_dtype"])
+  return config, load_params(ckpt_dir, config, **kwargs)
+
+
+# --------------------------------- export -----------------------------------
+
+
+def _hf_tensors(params: Params, config: t5.T5Config) -> Iterator[tuple[str, Any, str]]:
+  """(hf name, our array, kind) for every tensor, after a structure check."""
+  params = nn.meta.unbox(params)
+  maps = tensor_maps(config)
+  ours = {jax.tree_util.keystr(p, simple=True, separator="/")
+          for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  wanted = {"/".join(m.path) for m in maps}
+  if ours != wanted:
+    raise CheckpointMismatchError(
+        f"params do not match the config: missing {sorted(wanted - ours)}, "
+        f"unexpected {sorted(ours - wanted)}.")
+  for m in maps:
+    yield m.hf_name, hf_tensors.get_path(params, m.path), m.kind
+
+
+def save_checkpoint(params: Params, config: t5.T5Config, out_dir: str,
+                    max_shard_bytes: Optional[int] = None) -> None:
+  """Writes `config.json` and safetensors weights in the HF layout.
+
+  Args:
+    params: params tree of `T5(config)` (boxed or unboxed, any sharding).
+    config: its config.
+    out_dir: created if needed.
+    max_shard_bytes: if the weights exceed it, write
+      `model-XXXXX-of-YYYYY.safetensors` shards of at most this size (a single
+      larger tensor gets its own shard) plus `model.safetensors.index.json`.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  entries = list(_hf_tensors(params, config))
+  shards: list[list[tuple[str, Any, str]]] = [[]]
+  size = 0
+  for entry in entries:
+    nbytes = entry[1].size * entry[1].dtype.itemsize
+    if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(entry)
+    size += nbytes
+  metadata = {"format": "pt"}
+  if len(shards) == 1:
+    save_file(_host(shards[0]), os.path.join(out_dir, WEIGHTS_NAME), metadata=metadata)
+  else:
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+      fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      tensors = _host(shard)  # one shard on the host at a time
+      save_file(tensors, os.path.join(out_dir, fname), metadata=metadata)
+      for name, array in tensors.items():
+        weight_map[name] = fname
+        total += array.nbytes
+      del tensors
+    with open(os.path.join(out_dir, INDEX_NAME), "w") as f:
+      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f,
+                indent=2, sort_keys=True)
+  with open(os.path.join(out_dir, CONFIG_NAME), "w") as f:
+    json.dump(hf_config_dict(config), f, indent=2, sort_keys=True)
+
+
+def _host(entries) -> dict[str, np.ndarray]:
+  return {name: np.ascontiguousarray(hf_tensors.to_hf(np.asarray(jax.device_get(array)), kind))
+          for name, array, kind in entries}

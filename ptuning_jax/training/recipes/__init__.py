@@ -1,0 +1,1 @@
+"""Multi-stage recipes (MPT, XPrompt): sequences of `run.train` calls."""
