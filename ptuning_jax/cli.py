@@ -31,7 +31,7 @@ GIN_COMMANDS = {
     "train": ("ptuning_jax.training.run", "train", None),
     "eval": ("ptuning_jax.training.run", "evaluate", None),
     "infer": ("ptuning_jax.training.run", "infer", None),
-    "xprompt": ("ptuning_jax.methods.xprompt", "run_rounds", "summary"),
+    "xprompt": ("ptuning_jax.training.recipes.xprompt", "run_rounds", "summary"),
 }
 
 

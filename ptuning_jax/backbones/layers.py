@@ -1,13 +1,12 @@
-"""Primitives of the T5 family: RMS norm, projections, embeddings, relative
-position bias, multi-head attention and the feed-forward block.
+"""Primitives shared by every backbone family: norms, projections, embeddings,
+relative position bias, multi-head attention and the feed-forward block.
 
 Why Flax Linen with logical partitioning:
   * every parameter is created through `nn.with_logical_partitioning` and the
     main activations pass `nn.with_logical_constraint` with `activation_*`
-    names, so the code never mentions a device mesh; `partitioning` maps the
+    names, so model code never mentions a device mesh; `partitioning` maps the
     names onto any `(data, model)` mesh (replicated, FSDP, tensor parallel)
-    without touching model code. This is the scheme t5x/flaxformer use, so
-    T5 layouts are well trodden.
+    without touching model code. This is the scheme t5x/flaxformer use.
   * a Linen module is a pure function of explicit variable pytrees: the frozen
     backbone is `model.apply({"params": frozen}, ..., hooks=hooks)` with
     `hooks` built from the trainable pytree inside the caller's jit; no
@@ -15,23 +14,30 @@ Why Flax Linen with logical partitioning:
   * Linen's "cache" collection gives key/value caching for autoregressive
     decoding with no extra plumbing.
 
+One family differs from another by options of these modules, never by a copy:
+T5 uses `RMSNorm`, bias-free projections, unscaled scores and a relative
+position bias; BERT uses `LayerNorm`, biased projections and 1/sqrt(D)
+scores; grouped-query attention (K < N key/value heads) is built in for the
+decoder-only families.
+
 Dimension letters:
-  B batch, T encoder length, S decoder length (Q queries, K keys in
-  attention), P prefix length, H d_model, N heads, D head dim (d_kv), F MLP
-  dim (d_ff), V vocabulary, R relative-position buckets.
+  B batch, T / S sequence lengths (Q queries, K keys in attention), P prefix
+  length, H hidden width, N query heads, Kh key/value heads, G = N / Kh heads
+  per key/value head, D head dim, F MLP width, V vocabulary, R relative-position
+  buckets.
 
 Dtype policy: parameters are stored in `param_dtype` and cast to `dtype` for
-compute; RMS-norm statistics, attention scores, the position bias and the
-softmax are float32; logits are float32.
+compute; norm statistics, attention scores, the position bias and the softmax
+are float32 (float64 when computing in float64); logits are float32.
 
 Attention implementations (`MultiHeadAttention.attention_impl`, one of
 `ATTENTION_IMPLS`):
   * "xla": the plain path, einsum + float32 softmax, compiled by XLA. It is
     the reference and the fallback: it handles everything (dropout on the
     probabilities included).
-  * "fused_xla": `jax.nn.dot_product_attention(..., implementation="xla")`,
-    with `scale=1.0` (T5 does not scale scores), the relative position bias as
-    `bias` and the boolean mask as `mask`.
+  * "fused_xla": `jax.nn.dot_product_attention(..., implementation="xla")`
+    with the module's score scale, the bias as `bias` and the boolean mask as
+    `mask`.
   * "cudnn": the same call with `implementation="cudnn"` (cuDNN flash
     attention). Needs a GPU, bfloat16/float16 compute and D a multiple of 8
     up to 128; the bias is cast to the compute dtype. Asking for it anywhere
@@ -46,7 +52,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -60,6 +66,19 @@ DType = Any
 log = logging.getLogger(__name__)
 
 ATTENTION_IMPLS = ("xla", "fused_xla", "cudnn", "auto")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU
+    "gelu_new": lambda x: gelu_new(x),  # tanh approximation (HF "gelu_new")
+    "silu": jax.nn.silu,
+}
 
 # Masked attention scores. Finite, so a query whose keys are all masked
 # (e.g. a fully padded batch row) gets a uniform softmax instead of NaN.
@@ -73,6 +92,8 @@ BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length",
                          "activation_heads", "activation_kv")
 BATCH_KVLENGTH_HEADS_KV = ("activation_batch", "activation_kv_length",
                            "activation_heads", "activation_kv")
+BATCH_KVLENGTH_KVHEADS_KV = ("activation_batch", "activation_kv_length",
+                             "activation_kv_heads", "activation_kv")
 
 
 def constrain(x: Array, names: Sequence[str]) -> Array:
@@ -84,9 +105,29 @@ def _normal(stddev: float):
   return nn.initializers.normal(stddev=stddev)
 
 
+def stat_dtype(dtype: DType) -> Any:
+  """Dtype of statistics: float32, or wider if the compute dtype is."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def gelu_new(x: Array) -> Array:
   """Tanh-approximate GELU ("gelu_new" in HF), used by T5 1.1's gated MLP."""
   return jax.nn.gelu(x, approximate=True)
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"Unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}.")
+  return ACTIVATIONS[name]
+
+
+def remat(cls, policy: str, static_argnums: tuple[int, ...]):
+  """`cls` rematerialised with `REMAT_POLICIES[policy]` ("none": `cls`)."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy={policy!r}; expected one of {sorted(REMAT_POLICIES)}.")
+  if policy == "none":
+    return cls
+  return nn.remat(cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
 
 
 class RMSNorm(nn.Module):
@@ -107,23 +148,55 @@ class RMSNorm(nn.Module):
     scale = self.param(
         "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
         (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(stat_dtype(x.dtype))
     variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     y = (x32 * lax.rsqrt(variance + self.epsilon)).astype(self.dtype)
     return y * scale.astype(self.dtype)
 
 
+class LayerNorm(nn.Module):
+  """LayerNorm with `scale` and `bias` [H] ("embed",); float32 statistics.
+
+  Attributes:
+    epsilon: added to the variance.
+    dtype: output dtype.
+    param_dtype: parameter storage dtype.
+  """
+  epsilon: float = 1e-12
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: [..., H] -> [..., H] in `dtype`."""
+    features = (x.shape[-1],)
+    scale = self.param("scale", nn.with_logical_partitioning(
+        nn.initializers.ones, ("embed",)), features, self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(
+        nn.initializers.zeros, ("embed",)), features, self.param_dtype)
+    stat = stat_dtype(x.dtype)
+    x32 = x.astype(stat)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    centered = x32 - mean
+    variance = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)
+    y = centered * lax.rsqrt(variance + self.epsilon)
+    y = y * scale.astype(stat) + bias.astype(stat)
+    return y.astype(self.dtype)
+
+
 class DenseGeneral(nn.Module):
-  """Bias-free linear map from the trailing `num_in` axes to `features`.
+  """Linear map from the trailing `num_in` axes to `features`, optional bias.
 
   The kernel has shape `x.shape[-num_in:] + features` and logical axes
-  `kernel_axes` (one name per kernel dimension).
+  `kernel_axes` (one name per kernel dimension); the bias has shape
+  `features` and the axes `kernel_axes[num_in:]`.
 
   Attributes:
     features: output feature shape, e.g. `(N, D)` for a query projection.
     kernel_axes: logical names of the kernel dimensions.
     num_in: number of trailing input axes contracted.
     stddev: standard deviation of the normal initializer.
+    use_bias: add a bias (zeros at init).
     dtype: compute dtype.
     param_dtype: kernel storage dtype.
     output_dtype: if set, accumulate and return in this dtype (float32 logits).
@@ -132,6 +205,7 @@ class DenseGeneral(nn.Module):
   kernel_axes: tuple[str, ...]
   num_in: int = 1
   stddev: float = 1.0
+  use_bias: bool = False
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
   output_dtype: Optional[DType] = None
@@ -150,8 +224,14 @@ class DenseGeneral(nn.Module):
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
     contract = (tuple(range(x.ndim - self.num_in, x.ndim)), tuple(range(self.num_in)))
-    return lax.dot_general(x, kernel, (contract, ((), ())),
-                           preferred_element_type=self.output_dtype)
+    y = lax.dot_general(x, kernel, (contract, ((), ())),
+                        preferred_element_type=self.output_dtype)
+    if not self.use_bias:
+      return y
+    bias = self.param("bias", nn.with_logical_partitioning(
+        nn.initializers.zeros, self.kernel_axes[self.num_in:]),
+        tuple(self.features), self.param_dtype)
+    return y + bias.astype(y.dtype)
 
 
 class Embed(nn.Module):
@@ -272,14 +352,19 @@ class RelativePositionBias(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-  """T5 attention: no score scaling, additive bias, float32 softmax.
+  """Multi-head (optionally grouped-query) attention with float32 softmax.
 
-  Parameters: `query`, `key`, `value` kernels [H, N, D] ("embed", "heads",
-  "kv"); `out` kernel [N, D, H] ("heads", "kv", "embed").
+  Parameters: `query` kernel [H, N, D] ("embed", "heads", "kv"); `key`,
+  `value` kernels [H, Kh, D] ("embed", "heads" or "kv_heads", "kv"); `out`
+  kernel [N, D, H] ("heads", "kv", "embed"); with `use_bias`, biases [N, D] /
+  [Kh, D] / [H].
+
+  Scores are `score_scale * q.k` (T5: 1, BERT: 1/sqrt(D)), plus the optional
+  additive `bias`, masked by `mask`.
 
   Cached decoding ("cache" collection), driven by `decode_mode`:
     * "init": self-attention allocates zero `cached_key`/`cached_value`
-      [B, K, N, D] for the current (full) length; cross-attention stores the
+      [B, K, Kh, D] for the current (full) length; cross-attention stores the
       projected `cross_key`/`cross_value` of `inputs_kv`. Outputs are those of
       a normal forward pass.
     * "step": self-attention writes this chunk's keys/values at
@@ -289,23 +374,37 @@ class MultiHeadAttention(nn.Module):
   Attributes:
     num_heads: N.
     head_dim: D.
+    num_kv_heads: Kh (default N); N must be a multiple of it.
     dropout_rate: dropout on the attention probabilities.
     is_cross: encoder-decoder attention (affects caching only).
+    use_bias: biased projections (BERT).
+    score_scale: multiplies the raw scores q.k.
+    init_stddev: std of freshly initialised kernels; None is T5's fan-in
+      scaling ((H D)^-0.5 for queries, H^-0.5 for keys/values, (N D)^-0.5 out).
     dtype: compute dtype.
     param_dtype: kernel storage dtype.
     attention_impl: one of ATTENTION_IMPLS (see the module docstring).
   """
   num_heads: int
   head_dim: int
+  num_kv_heads: Optional[int] = None
   dropout_rate: float = 0.0
   is_cross: bool = False
+  use_bias: bool = False
+  score_scale: float = 1.0
+  init_stddev: Optional[float] = None
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
   attention_impl: str = "xla"
 
-  def _proj(self, name: str, stddev: float) -> DenseGeneral:
-    return DenseGeneral(features=(self.num_heads, self.head_dim),
-                        kernel_axes=("embed", "heads", "kv"), stddev=stddev,
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  def _dense(self, name: str, features: tuple[int, ...], axes: tuple[str, ...],
+             stddev: float, num_in: int = 1) -> DenseGeneral:
+    return DenseGeneral(features=features, kernel_axes=axes, num_in=num_in,
+                        stddev=self.init_stddev or stddev, use_bias=self.use_bias,
                         dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
   @nn.compact
@@ -321,12 +420,12 @@ class MultiHeadAttention(nn.Module):
       inputs_kv: [B, K, H] (ignored by cross-attention in "step" mode).
       bias: [1 or B, N, Q, K] float32 additive bias, or None.
       mask: [B or 1, 1 or N, Q or 1, K] bool, True = attend; None = all.
-      kv_prefix: (key, value), each [B or 1, P, N, D], prepended to the keys
+      kv_prefix: (key, value), each [B or 1, P, Kh, D], prepended to the keys
         and values; always attended, zero bias. A third entry, the prefix
         bias [1 or B, N, Q, P], gives the prefix keys that bias instead
         (used only where `bias` is given).
-      k_scale: [N * D] (IA)^3 rescaling of the projected keys.
-      v_scale: [N * D] rescaling of the projected values.
+      k_scale: [Kh * D] (IA)^3 rescaling of the projected keys.
+      v_scale: [Kh * D] rescaling of the projected values.
       deterministic: disables dropout.
       decode_mode: None, "init" or "step" (see the class docstring).
       cache_index: int scalar, first cache slot of this chunk ("step").
@@ -336,9 +435,14 @@ class MultiHeadAttention(nn.Module):
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of "
                        f"{ATTENTION_IMPLS}.")
-    batch, q_len, embed = inputs_q.shape
-    n, d = self.num_heads, self.head_dim
-    query = self._proj("query", (embed * d) ** -0.5)(inputs_q)  # [B, Q, N, D]
+    if self.num_heads % self.kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
+                       f"num_kv_heads={self.kv_heads}.")
+    _, q_len, embed = inputs_q.shape
+    n, kh, d = self.num_heads, self.kv_heads, self.head_dim
+    kv_axis = "heads" if kh == n else "kv_heads"
+    query = self._dense("query", (n, d), ("embed", "heads", "kv"),
+                        (embed * d) ** -0.5)(inputs_q)  # [B, Q, N, D]
     query = constrain(query, BATCH_LENGTH_HEADS_KV)
     if self.is_cross and decode_mode == "step":
       if not self.has_variable("cache", "cross_key"):
@@ -347,12 +451,14 @@ class MultiHeadAttention(nn.Module):
       key = self.variable("cache", "cross_key").value
       value = self.variable("cache", "cross_value").value
     else:
-      key = self._proj("key", embed ** -0.5)(inputs_kv)  # [B, K, N, D]
-      value = self._proj("value", embed ** -0.5)(inputs_kv)
+      key = self._dense("key", (kh, d), ("embed", kv_axis, "kv"),
+                        embed ** -0.5)(inputs_kv)  # [B, K, Kh, D]
+      value = self._dense("value", (kh, d), ("embed", kv_axis, "kv"),
+                          embed ** -0.5)(inputs_kv)
       if k_scale is not None:
-        key = key * k_scale.reshape(n, d).astype(self.dtype)
+        key = key * k_scale.reshape(kh, d).astype(key.dtype)
       if v_scale is not None:
-        value = value * v_scale.reshape(n, d).astype(self.dtype)
+        value = value * v_scale.reshape(kh, d).astype(value.dtype)
       if self.is_cross and decode_mode == "init":
         self.variable("cache", "cross_key", lambda: key)
         self.variable("cache", "cross_value", lambda: value)
@@ -361,12 +467,11 @@ class MultiHeadAttention(nn.Module):
     if kv_prefix is not None:
       key, value, bias, mask = _prepend_prefix(kv_prefix, key, value, bias,
                                                mask, q_len, self.dtype)
-    key = constrain(key, BATCH_KVLENGTH_HEADS_KV)
-    value = constrain(value, BATCH_KVLENGTH_HEADS_KV)
-    out = self._attend(query, key, value, bias, mask, deterministic)
-    return DenseGeneral(features=(embed,), kernel_axes=("heads", "kv", "embed"),
-                        num_in=2, stddev=(n * d) ** -0.5, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="out")(out)
+    kv_names = BATCH_KVLENGTH_HEADS_KV if kh == n else BATCH_KVLENGTH_KVHEADS_KV
+    key, value = constrain(key, kv_names), constrain(value, kv_names)
+    out = self._attend(query, key, value, bias, mask, deterministic)  # [B, Q, N, D]
+    return self._dense("out", (embed,), ("heads", "kv", "embed"), (n * d) ** -0.5,
+                       num_in=2)(out)
 
   def _self_cache(self, key: Array, value: Array, decode_mode: str,
                   cache_index: Optional[Array]) -> tuple[Array, Array]:
@@ -390,26 +495,43 @@ class MultiHeadAttention(nn.Module):
         cached_key.value, key.astype(cached_key.value.dtype), start)
     cached_value.value = lax.dynamic_update_slice(
         cached_value.value, value.astype(cached_value.value.dtype), start)
-    return cached_key.value, cached_value.value  # [B, K_max, N, D]
+    return cached_key.value, cached_value.value  # [B, K_max, Kh, D]
 
   def _attend(self, query: Array, key: Array, value: Array, bias: Optional[Array],
               mask: Optional[Array], deterministic: bool) -> Array:
-    """Softmax attention. query [B, Q, N, D], key/value [B, K, N, D] -> [B, Q, N, D]."""
+    """Softmax attention: query [B, Q, N, D], key/value [B, K, Kh, D] -> [B, Q, N, D]."""
     dropout_active = self.dropout_rate > 0.0 and not deterministic
     impl = select_attention_impl(self.attention_impl, jnp.dtype(self.dtype),
                                  self.head_dim, dropout_active)
     if impl != "xla":
-      return constrain(fused_attention(query, key, value, bias, mask, impl),
-                       BATCH_LENGTH_HEADS_KV)
-    scores = jnp.einsum("bqnd,bknd->bnqk", query, key,
-                        preferred_element_type=jnp.float32)  # [B, N, Q, K]
+      return constrain(fused_attention(query, key, value, bias, mask, impl,
+                                       self.score_scale), BATCH_LENGTH_HEADS_KV)
+    n, kh = self.num_heads, key.shape[2]
+    if kh != n:  # grouped-query attention: queries [B, Q, Kh, G, D]
+      batch, q_len, _, d = query.shape
+      query = query.reshape(batch, q_len, kh, n // kh, d)
+      scores = jnp.einsum("bqhgd,bkhd->bhgqk", query, key,
+                          preferred_element_type=stat_dtype(self.dtype))
+      scores = scores.reshape(batch, n, q_len, key.shape[1])  # [B, N, Q, K]
+    else:
+      scores = jnp.einsum("bqnd,bknd->bnqk", query, key,
+                          preferred_element_type=stat_dtype(self.dtype))  # [B, N, Q, K]
+    if self.score_scale != 1.0:
+      scores = scores * self.score_scale
     if bias is not None:
-      scores = scores + bias.astype(jnp.float32)
+      scores = scores + bias.astype(scores.dtype)
     if mask is not None:
       scores = jnp.where(mask, scores, MASKED_SCORE)
     probs = jax.nn.softmax(scores, axis=-1)
     probs = nn.Dropout(rate=self.dropout_rate)(probs, deterministic=deterministic)
-    out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(self.dtype), value)
+    probs = probs.astype(self.dtype)
+    if kh != n:
+      batch, _, q_len, k_len = probs.shape
+      probs = probs.reshape(batch, kh, n // kh, q_len, k_len)
+      out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, value)
+      out = out.reshape(batch, q_len, n, value.shape[-1])
+    else:
+      out = jnp.einsum("bnqk,bknd->bqnd", probs, value)
     return constrain(out, BATCH_LENGTH_HEADS_KV)
 
 
@@ -461,16 +583,18 @@ def select_attention_impl(attention_impl: str, dtype: DType, head_dim: int,
 
 
 def fused_attention(query: Array, key: Array, value: Array, bias: Optional[Array],
-                    mask: Optional[Array], implementation: str) -> Array:
-  """T5 attention through `jax.nn.dot_product_attention` (no score scaling).
+                    mask: Optional[Array], implementation: str,
+                    scale: float = 1.0) -> Array:
+  """Attention through `jax.nn.dot_product_attention`.
 
   Args:
     query: [B, Q, N, D].
-    key: [B, K, N, D].
-    value: [B, K, N, D].
+    key: [B, K, Kh, D].
+    value: [B, K, Kh, D].
     bias: [1 or B, N, Q, K] additive bias (float32), or None.
     mask: [B or 1, 1 or N, Q or 1, K] bool, True = attend; or None.
     implementation: "fused_xla" or "cudnn".
+    scale: the score scale (T5: 1).
   Returns:
     [B, Q, N, D] in the query's dtype.
   """
@@ -482,7 +606,7 @@ def fused_attention(query: Array, key: Array, value: Array, bias: Optional[Array
   if mask is not None:
     mask = mask.astype(bool)
   return jax.nn.dot_product_attention(
-      query, key, value, bias=bias, mask=mask, scale=1.0,
+      query, key, value, bias=bias, mask=mask, scale=scale,
       implementation="xla" if implementation == "fused_xla" else "cudnn")
 
 
@@ -524,21 +648,28 @@ def _prepend_prefix(kv_prefix: tuple[Array, ...], key: Array, value: Array,
 
 
 class MlpBlock(nn.Module):
-  """T5 feed-forward: `wi` + ReLU (original) or GELU(`wi_0`) * `wi_1` (T5 1.1).
+  """Feed-forward block: `wi` + activation, or gated act(`wi_0`) * `wi_1`; `wo`.
 
   Kernels: `wi`/`wi_0`/`wi_1` [H, F] ("embed", "mlp"); `wo` [F, H] ("mlp",
-  "embed").
+  "embed"); with `use_bias`, biases [F] / [H]. T5: ReLU `wi` (original) or
+  gated tanh-GELU (T5 1.1), no bias; BERT: `wi` + GELU, biased.
 
   Attributes:
     d_ff: F.
-    feed_forward: "relu" or "gated-gelu".
-    dropout_rate: dropout on the hidden activation.
+    activation: a key of ACTIVATIONS.
+    gated: act(x wi_0) * (x wi_1) instead of act(x wi).
+    use_bias: biased projections.
+    dropout_rate: dropout on the hidden activation (T5; BERT has none here).
+    init_stddev: std of fresh kernels; None: H^-0.5 for wi, F^-0.5 for wo.
     dtype: compute dtype.
     param_dtype: kernel storage dtype.
   """
   d_ff: int
-  feed_forward: str = "gated-gelu"
+  activation: str = "gelu_new"
+  gated: bool = True
+  use_bias: bool = False
   dropout_rate: float = 0.0
+  init_stddev: Optional[float] = None
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -546,20 +677,21 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array, scale: Optional[Array] = None, *,
                deterministic: bool = True) -> Array:
     """x: [B, T, H]; scale: [F] (IA)^3 rescaling of the hidden -> [B, T, H]."""
+    act = activation(self.activation)
     embed = x.shape[-1]
     dense_in = functools.partial(
         DenseGeneral, features=(self.d_ff,), kernel_axes=("embed", "mlp"),
-        stddev=embed ** -0.5, dtype=self.dtype, param_dtype=self.param_dtype)
-    if self.feed_forward == "gated-gelu":
-      hidden = gelu_new(dense_in(name="wi_0")(x)) * dense_in(name="wi_1")(x)
-    elif self.feed_forward == "relu":
-      hidden = jax.nn.relu(dense_in(name="wi")(x))
+        stddev=self.init_stddev or embed ** -0.5, use_bias=self.use_bias,
+        dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.gated:
+      hidden = act(dense_in(name="wi_0")(x)) * dense_in(name="wi_1")(x)
     else:
-      raise ValueError(f"Unknown feed_forward {self.feed_forward!r}.")
+      hidden = act(dense_in(name="wi")(x))
     if scale is not None:
-      hidden = hidden * scale.astype(self.dtype)
+      hidden = hidden * scale.astype(hidden.dtype)
     hidden = constrain(hidden, BATCH_LENGTH_MLP)  # [B, T, F]
     hidden = nn.Dropout(rate=self.dropout_rate)(hidden, deterministic=deterministic)
     return DenseGeneral(features=(embed,), kernel_axes=("mlp", "embed"),
-                        stddev=self.d_ff ** -0.5, dtype=self.dtype,
+                        stddev=self.init_stddev or self.d_ff ** -0.5,
+                        use_bias=self.use_bias, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="wo")(hidden)

@@ -1,7 +1,7 @@
 """The T5 family (original T5, T5 1.1, mT5) as a Flax Linen encoder-decoder.
 
 Numerically it follows Hugging Face's `T5ForConditionalGeneration` (checked
-to 1e-4 in float32 by tests/t5_test.py): pre-norm RMS layer norms, no
+to 1e-4 in float32 by tests/backbones/t5_test.py): pre-norm RMS layer norms, no
 attention score scaling, a bucketed relative position bias computed once
 per stack (bidirectional in the encoder, causal in the decoder) and shared by
 all its layers, a ReLU (original) or gated tanh-GELU (T5 1.1) MLP, and either
@@ -21,21 +21,23 @@ Parameter tree (`params[...]`):
   decoder/decoder_norm/scale [H]
   logits_dense/kernel [H, V]          (untied models only)
 
-Every field of `hooks.Hooks` is honoured; empty hooks give the plain model:
-  * encoder_inputs: applied to the embedded encoder input; the returned mask
-    is the encoder mask (self- and cross-attention) from then on.
-  * decoder_prefix: prepended to the embedded decoder input; relative
+Hooks (`hooks.Hooks`; `hook_spec` declares the sites; empty hooks give the
+plain model bit for bit):
+  * inputs["encoder"]: applied to the embedded encoder input; the returned
+    mask is the encoder mask (self- and cross-attention) from then on.
+  * prefix["decoder"]: prepended to the embedded decoder input; relative
     positions and causal masking include it; its logits are dropped.
-  * kv_prefixes: per layer keys/values prepended at "encoder",
-    "decoder_self", "decoder_cross"; always attended; zero position bias, or
-    with `positions="past"` the bias of positions -P .. -1 before the
-    sequence (self-attention sites; cross-attention has no position bias);
-    (IA)^3 scales do not apply to them.
-  * layer_inputs: hidden states entering layers > 0 of each stack. The
-    decoder passes an all-ones mask; in cached decoding the hook sees only
+  * kv_prefixes at "encoder/self", "decoder/self", "decoder/cross": per layer
+    keys/values, always attended; zero position bias, or with
+    `positions="past"` the bias of positions -P .. -1 before the sequence
+    (self-attention sites; cross-attention has no position bias); (IA)^3
+    scales do not apply to them.
+  * layer_inputs["encoder" | "decoder"]: hidden states entering every layer.
+    The decoder passes an all-ones mask; in cached decoding the hook sees only
     the new positions, so it must act position-wise there.
-  * scales: multiply the projected keys / values and the MLP hidden
-    activation (after the activation, before `wo`).
+  * scales at "{site}/k", "{site}/v" and "{stack}/mlp": multiply the
+    projected keys / values and the MLP hidden activation (after the
+    activation, before `wo`).
 
 Dimension letters:
   B batch, T encoder length, S decoder length, P prompt / prefix length,
@@ -58,13 +60,9 @@ Array = jax.Array
 NO_HOOKS = hooks_lib.NO_HOOKS
 
 FEED_FORWARDS = ("gated-gelu", "relu")
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable":
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+# feed_forward -> (activation, gated) of `layers.MlpBlock`.
+FEED_FORWARD_ACTIVATIONS = {"gated-gelu": ("gelu_new", True), "relu": ("relu", False)}
+REMAT_POLICIES = layers.REMAT_POLICIES
 ATTENTION_IMPLS = layers.ATTENTION_IMPLS
 MT5_VOCAB_SIZE = 250112
 
@@ -161,6 +159,12 @@ class T5Config:
     return jnp.dtype(self.param_dtype)
 
 
+def with_overrides(config: T5Config, **fields) -> T5Config:
+  """`config` with run-level overrides (dtype, param_dtype, dropout_rate,
+  remat_policy, attention_impl)."""
+  return dataclasses.replace(config, **fields)
+
+
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
   if value not in choices:
     raise ValueError(f"T5Config.{name}={value!r}; expected one of {choices}.")
@@ -250,53 +254,33 @@ def presets_table() -> str:
       for r in rows)
 
 
-# ------------------------------- hook plumbing -------------------------------
+# -------------------------------- hook spec ---------------------------------
 
 
-def _layer_prefix(hooks: hooks_lib.Hooks, site: str, num_layers: int,
-                  config: T5Config) -> Optional[hooks_lib.KVPrefix]:
-  """Validated KVPrefix for `site`, or None."""
-  prefix = hooks.kv_prefixes.get(site)
-  if prefix is None:
-    return None
-  for part in ("key", "value"):
-    shape = getattr(prefix, part).shape
-    if (len(shape) != 5 or shape[0] != num_layers or shape[3] != config.num_heads
-        or shape[4] != config.d_kv):
-      raise ValueError(
-          f"hooks.kv_prefixes[{site!r}].{part} has shape {shape}; expected "
-          f"[L={num_layers}, B, P, N={config.num_heads}, D={config.d_kv}].")
-  if prefix.key.shape != prefix.value.shape:
-    raise ValueError(f"hooks.kv_prefixes[{site!r}] key {prefix.key.shape} and value "
-                     f"{prefix.value.shape} shapes differ.")
-  return prefix
+def hook_spec(config: T5Config) -> hooks_lib.HookSpec:
+  """What a T5 offers methods: encoder and decoder stacks, attention sites
+  "encoder/self", "decoder/self" (relative bias) and "decoder/cross"; input
+  prompts go to the encoder."""
+  stacks, attention = [], []
+  for name, depth, causal in (("encoder", config.num_encoder_layers, False),
+                              ("decoder", config.num_decoder_layers, True)):
+    stacks.append(hooks_lib.StackSpec(name, depth, config.d_model, config.d_ff, causal))
+    kinds = ("self",) if name == "encoder" else ("self", "cross")
+    for kind in kinds:
+      attention.append(hooks_lib.AttentionSpec(
+          name, kind, depth, config.num_heads, config.num_heads, config.d_kv,
+          "relative_bias" if kind == "self" else "none"))
+  return hooks_lib.HookSpec("t5", config.d_model, config.vocab_size, "encoder",
+                            tuple(stacks), tuple(attention))
 
 
-def _layer_scales(hooks: hooks_lib.Hooks, stack: str, names: tuple[str, ...],
-                  num_layers: int, config: T5Config) -> dict[str, Array]:
-  """{short name: [L, width]} for the scale sites of one stack."""
-  out = {}
-  for name in names:
-    site = f"{stack}/{name}"
-    if site not in hooks.scales:
-      continue
-    width = config.d_ff if name == "mlp" else config.num_heads * config.d_kv
-    value = hooks.scales[site]
-    if tuple(value.shape) != (num_layers, width):
-      raise ValueError(f"hooks.scales[{site!r}] has shape {tuple(value.shape)}; "
-                       f"expected [L, {'F' if name == 'mlp' else 'N * D'}] = "
-                       f"{(num_layers, width)}.")
-    out[name] = value
-  return out
-
-
-def _kv(prefix: Optional[hooks_lib.KVPrefix], i: int,
+def _kv(layer_hooks: hooks_lib.LayerHooks, kind: str,
         prefix_bias: Optional[Array] = None):
-  if prefix is None:
-    return None
-  if prefix_bias is None:
-    return prefix.key[i], prefix.value[i]
-  return prefix.key[i], prefix.value[i], prefix_bias
+  """(key, value[, bias]) of one layer's prefix at `kind`, or None."""
+  kv = layer_hooks.kv.get(kind)
+  if kv is None or prefix_bias is None:
+    return kv
+  return kv + (prefix_bias,)
 
 
 def _prefix_bias(relpos: nn.Module, prefix: Optional[hooks_lib.KVPrefix],
@@ -312,14 +296,6 @@ def _prefix_bias(relpos: nn.Module, prefix: Optional[hooks_lib.KVPrefix],
   plen = prefix.key.shape[2]
   full = relpos(q_len, plen + k_len, q_offset=plen + q_offset)  # [1, N, Q, P + K]
   return full[..., :plen]
-
-
-def _layer_class(cls, config: T5Config, static_argnums: tuple[int, ...],
-                 decode: bool = False):
-  if config.remat_policy == "none" or decode:
-    return cls
-  return nn.remat(cls, policy=REMAT_POLICIES[config.remat_policy],
-                  static_argnums=static_argnums)
 
 
 def _module_kwargs(config: T5Config) -> dict:
@@ -339,7 +315,8 @@ def _attention(config: T5Config, name: str, is_cross: bool = False):
 
 
 def _mlp(config: T5Config) -> layers.MlpBlock:
-  return layers.MlpBlock(d_ff=config.d_ff, feed_forward=config.feed_forward,
+  activation, gated = FEED_FORWARD_ACTIVATIONS[config.feed_forward]
+  return layers.MlpBlock(d_ff=config.d_ff, activation=activation, gated=gated,
                          dropout_rate=config.dropout_rate, name="mlp",
                          **_module_kwargs(config))
 
@@ -352,20 +329,21 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x, bias, mask, kv_prefix, scales, deterministic):
-    """x: [B, T, H]; bias [1, N, T, T]; mask [B, 1, 1, T]; kv_prefix
-    ([B, P, N, D], [B, P, N, D]) or None; scales {"k", "v": [N*D], "mlp": [F]}.
-    Returns [B, T, H]."""
+  def __call__(self, x, bias, mask, layer_hooks, prefix_bias, deterministic):
+    """x: [B, T, H]; bias [1, N, T, T]; mask [B, 1, 1, T]; layer_hooks: this
+    layer's `hooks.LayerHooks`; prefix_bias [1, N, T, P] or None. Returns
+    [B, T, H]."""
     cfg = self.config
     dropout = nn.Dropout(rate=cfg.dropout_rate)
     h = _norm(cfg, "pre_attention_layer_norm")(x)
     h = _attention(cfg, "attention")(
-        h, h, bias, mask, kv_prefix, scales.get("k"), scales.get("v"),
+        h, h, bias, mask, _kv(layer_hooks, "self", prefix_bias),
+        layer_hooks.scale("self/k"), layer_hooks.scale("self/v"),
         deterministic=deterministic)
     x = layers.constrain(x + dropout(h, deterministic=deterministic),
                          layers.BATCH_LENGTH_EMBED)
     h = _norm(cfg, "pre_mlp_layer_norm")(x)
-    h = _mlp(cfg)(h, scales.get("mlp"), deterministic=deterministic)
+    h = _mlp(cfg)(h, layer_hooks.scale("mlp"), deterministic=deterministic)
     return layers.constrain(x + dropout(h, deterministic=deterministic),
                             layers.BATCH_LENGTH_EMBED)
 
@@ -375,30 +353,30 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, y, encoded, self_bias, self_mask, cross_mask, self_prefix,
-               cross_prefix, scales, cache_index, deterministic, decode_mode):
+  def __call__(self, y, encoded, self_bias, self_mask, cross_mask, layer_hooks,
+               prefix_bias, cache_index, deterministic, decode_mode):
     """y: [B, S, H]; encoded [B, T, H]; self_bias [1, N, S, K]; self_mask
-    [1, 1, S, K]; cross_mask [B, 1, 1, T]; prefixes as in EncoderLayer;
-    scales {"self_k", "self_v", "cross_k", "cross_v": [N*D], "mlp": [F]};
-    cache_index int scalar or None; decode_mode None | "init" | "step".
-    Returns [B, S, H]."""
+    [1, 1, S, K]; cross_mask [B, 1, 1, T]; layer_hooks as in EncoderLayer;
+    prefix_bias [1, N, S, P] or None; cache_index int scalar or None;
+    decode_mode None | "init" | "step". Returns [B, S, H]."""
     cfg = self.config
     dropout = nn.Dropout(rate=cfg.dropout_rate)
     h = _norm(cfg, "pre_self_attention_layer_norm")(y)
     h = _attention(cfg, "self_attention")(
-        h, h, self_bias, self_mask, self_prefix, scales.get("self_k"),
-        scales.get("self_v"), deterministic=deterministic,
-        decode_mode=decode_mode, cache_index=cache_index)
+        h, h, self_bias, self_mask, _kv(layer_hooks, "self", prefix_bias),
+        layer_hooks.scale("self/k"), layer_hooks.scale("self/v"),
+        deterministic=deterministic, decode_mode=decode_mode, cache_index=cache_index)
     y = layers.constrain(y + dropout(h, deterministic=deterministic),
                          layers.BATCH_LENGTH_EMBED)
     h = _norm(cfg, "pre_cross_attention_layer_norm")(y)
     h = _attention(cfg, "encoder_decoder_attention", is_cross=True)(
-        h, encoded, None, cross_mask, cross_prefix, scales.get("cross_k"),
-        scales.get("cross_v"), deterministic=deterministic, decode_mode=decode_mode)
+        h, encoded, None, cross_mask, _kv(layer_hooks, "cross"),
+        layer_hooks.scale("cross/k"), layer_hooks.scale("cross/v"),
+        deterministic=deterministic, decode_mode=decode_mode)
     y = layers.constrain(y + dropout(h, deterministic=deterministic),
                          layers.BATCH_LENGTH_EMBED)
     h = _norm(cfg, "pre_mlp_layer_norm")(y)
-    h = _mlp(cfg)(h, scales.get("mlp"), deterministic=deterministic)
+    h = _mlp(cfg)(h, layer_hooks.scale("mlp"), deterministic=deterministic)
     return layers.constrain(y + dropout(h, deterministic=deterministic),
                             layers.BATCH_LENGTH_EMBED)
 
@@ -411,11 +389,11 @@ class Encoder(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, hooks: hooks_lib.Hooks,
+  def __call__(self, x: Array, mask: Array, stack: hooks_lib.StackHooks,
                deterministic: bool) -> Array:
-    """x: [B, T, H] embedded inputs; mask: [B, T] bool -> [B, T, H]."""
+    """x: [B, T, H] embedded inputs; mask: [B, T] bool; stack: the encoder's
+    hook values -> [B, T, H]."""
     cfg = self.config
-    num_layers = cfg.num_encoder_layers
     length = x.shape[1]
     relpos = layers.RelativePositionBias(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
@@ -423,18 +401,15 @@ class Encoder(nn.Module):
         name="relpos_bias")
     bias = relpos(length, length)  # [1, N, T, T]
     attention_mask = mask[:, None, None, :]  # [B, 1, 1, T]
-    prefix = _layer_prefix(hooks, "encoder", num_layers, cfg)
-    prefix_bias = _prefix_bias(relpos, prefix, length, length)  # [1, N, T, P]
-    scales = _layer_scales(hooks, "encoder", ("k", "v", "mlp"), num_layers, cfg)
-    layer_cls = _layer_class(EncoderLayer, cfg, static_argnums=(6,))
+    prefix_bias = _prefix_bias(relpos, stack.kv_prefixes.get("self"), length,
+                               length)  # [1, N, T, P]
+    layer_cls = layers.remat(EncoderLayer, cfg.remat_policy, static_argnums=(6,))
     x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BATCH_LENGTH_EMBED)
-    for i in range(num_layers):
-      if i > 0 and hooks.layer_inputs is not None:
-        x = _checked_layer_inputs(hooks, "encoder", i, x, mask)
+    for i in range(cfg.num_encoder_layers):
+      x = stack.apply_layer_inputs(i, x, mask)
       x = layer_cls(cfg, name=f"layers_{i}")(
-          x, bias, attention_mask, _kv(prefix, i, prefix_bias),
-          {k: v[i] for k, v in scales.items()}, deterministic)
+          x, bias, attention_mask, stack.layer(i), prefix_bias, deterministic)
     x = _norm(cfg, "encoder_norm")(x)
     return nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -451,12 +426,11 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, y: Array, encoded: Array, encoder_mask: Array,
-               hooks: hooks_lib.Hooks, deterministic: bool,
+               stack: hooks_lib.StackHooks, deterministic: bool,
                decode: bool = False) -> Array:
     """y: [B, S, H] embedded decoder inputs; encoded [B, T, H];
-    encoder_mask [B, T] -> [B, S, H]."""
+    encoder_mask [B, T]; stack: the decoder's hook values -> [B, S, H]."""
     cfg = self.config
-    num_layers = cfg.num_decoder_layers
     length = y.shape[1]
     relpos = layers.RelativePositionBias(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
@@ -479,25 +453,18 @@ class Decoder(nn.Module):
       self_mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
       self_bias = relpos(length, length)  # [1, N, S, S]
     cross_mask = encoder_mask[:, None, None, :]  # [B, 1, 1, T]
-    self_prefix = _layer_prefix(hooks, "decoder_self", num_layers, cfg)
-    self_prefix_bias = _prefix_bias(
-        relpos, self_prefix, length, key_length,
+    prefix_bias = _prefix_bias(
+        relpos, stack.kv_prefixes.get("self"), length, key_length,
         0 if cache_index is None else cache_index)  # [1, N, S, P]
-    cross_prefix = _layer_prefix(hooks, "decoder_cross", num_layers, cfg)
-    scales = _layer_scales(hooks, "decoder",
-                           ("self_k", "self_v", "cross_k", "cross_v", "mlp"),
-                           num_layers, cfg)
-    layer_cls = _layer_class(DecoderLayer, cfg, static_argnums=(10, 11), decode=decode)
+    layer_cls = layers.remat(DecoderLayer, "none" if decode else cfg.remat_policy,
+                             static_argnums=(9, 10))
     y = nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=deterministic)
     y = layers.constrain(y, layers.BATCH_LENGTH_EMBED)
     token_mask = jnp.ones(y.shape[:2], bool)
-    for i in range(num_layers):
-      if i > 0 and hooks.layer_inputs is not None:
-        y = _checked_layer_inputs(hooks, "decoder", i, y, token_mask)
+    for i in range(cfg.num_decoder_layers):
+      y = stack.apply_layer_inputs(i, y, token_mask)
       y = layer_cls(cfg, name=f"layers_{i}")(
-          y, encoded, self_bias, self_mask, cross_mask,
-          _kv(self_prefix, i, self_prefix_bias),
-          _kv(cross_prefix, i), {k: v[i] for k, v in scales.items()},
+          y, encoded, self_bias, self_mask, cross_mask, stack.layer(i), prefix_bias,
           cache_index, deterministic, decode_mode)
     y = _norm(cfg, "decoder_norm")(y)
     return nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=deterministic)
@@ -505,15 +472,6 @@ class Decoder(nn.Module):
   def _cache_length(self) -> int:
     cache = self.variables["cache"]["layers_0"]["self_attention"]["cached_key"]
     return cache.shape[1]
-
-
-def _checked_layer_inputs(hooks: hooks_lib.Hooks, stack: str, i: int, x: Array,
-                          mask: Array) -> Array:
-  out = hooks.layer_inputs(stack, i, x, mask)
-  if out.shape != x.shape:
-    raise ValueError(f"hooks.layer_inputs({stack!r}, {i}) returned shape "
-                     f"{out.shape}; it must keep the hidden shape {x.shape}.")
-  return out.astype(x.dtype)
 
 
 # ---------------------------------- model -----------------------------------
@@ -526,6 +484,10 @@ class T5(nn.Module):
     config: the architecture.
   """
   config: T5Config
+
+  @property
+  def spec(self) -> hooks_lib.HookSpec:
+    return hook_spec(self.config)
 
   def setup(self):
     cfg = self.config
@@ -563,7 +525,7 @@ class T5(nn.Module):
 
     Args:
       encoder_input_tokens: [B, T] int ids.
-      hooks: `encoder_inputs` may change the length to T'.
+      hooks: `inputs["encoder"]` may change the length to T'.
       deterministic: disables dropout.
     Returns:
       (encoded [B, T', H], encoder_mask [B, T'] bool).
@@ -573,32 +535,22 @@ class T5(nn.Module):
                        f"{encoder_input_tokens.shape}.")
     mask = encoder_input_tokens != self.config.pad_token_id  # [B, T]
     x = self.token_embedder(encoder_input_tokens)  # [B, T, H]
-    if hooks.encoder_inputs is not None:
-      x, mask = self._apply_encoder_inputs(hooks, x, encoder_input_tokens, mask)
-    return self.encoder(x, mask, hooks, deterministic), mask
-
-  def _apply_encoder_inputs(self, hooks, x, tokens, mask):
-    batch, _, embed = x.shape
-    x, mask = hooks.encoder_inputs(x, tokens, mask)  # [B, T', H], [B, T']
-    if x.ndim != 3 or x.shape[0] != batch or x.shape[2] != embed:
-      raise ValueError(f"hooks.encoder_inputs returned embeddings of shape {x.shape}; "
-                       f"expected [B={batch}, T', H={embed}].")
-    if mask.shape != x.shape[:2]:
-      raise ValueError(f"hooks.encoder_inputs returned a mask of shape {mask.shape} "
-                       f"for embeddings of shape {x.shape}; expected {x.shape[:2]}.")
-    return x.astype(self.config.compute_dtype), mask.astype(bool)
+    x, mask = hooks_lib.apply_inputs(self.spec, hooks, "encoder", x,
+                                     encoder_input_tokens, mask)
+    stack = hooks_lib.stack_hooks(self.spec, hooks, "encoder")
+    return self.encoder(x, mask, stack, deterministic), mask
 
   def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
              *, hooks: hooks_lib.Hooks = NO_HOOKS, deterministic: bool = True,
-             decode: bool = False) -> Array:
+             decode: bool = False, return_hidden: bool = False):
     """Decoder pass.
 
     With `decode=True`, the first call (no "cache" collection given; pass
     `mutable=["cache"]`) allocates the cache for the call's full length
     (Pd + S) and stores the cross-attention keys/values of `encoded`; later
-    calls (cache given) process S new positions each. `hooks.decoder_prefix`
+    calls (cache given) process S new positions each. `hooks.prefix["decoder"]`
     is prepended by every call that carries it: give it to the allocation
-    call and the first (prefill) call only.
+    call and the first (prefill) call only (`Hooks.without_prefix`).
 
     Args:
       encoded: [B, T, H].
@@ -607,30 +559,34 @@ class T5(nn.Module):
       hooks: decoder-side injection points.
       deterministic: disables dropout.
       decode: autoregressive cached mode.
+      return_hidden: also return the final hidden states.
     Returns:
-      logits [B, S, V] float32 (prefix positions dropped).
+      logits [B, S, V] float32 (prefix positions dropped); with
+      `return_hidden`, (logits, hidden [B, S, H]).
     """
     cfg = self.config
     if decoder_input_tokens.ndim != 2:
       raise ValueError("decoder_input_tokens must be [B, S]; got shape "
                        f"{decoder_input_tokens.shape}.")
+    stack = hooks_lib.stack_hooks(self.spec, hooks, "decoder")
     y = self.token_embedder(decoder_input_tokens)  # [B, S, H]
+    prefix = hooks.prefix.get("decoder")
     prefix_len = 0
-    if hooks.decoder_prefix is not None:
-      prefix = hooks.decoder_prefix
-      if prefix.ndim != 3 or prefix.shape[0] != y.shape[0] or prefix.shape[2] != cfg.d_model:
-        raise ValueError(f"hooks.decoder_prefix has shape {prefix.shape}; expected "
+    if prefix is not None:
+      if prefix.shape[0] != y.shape[0]:
+        raise ValueError(f"hooks.prefix['decoder'] has shape {prefix.shape}; expected "
                          f"[B={y.shape[0]}, Pd, H={cfg.d_model}].")
       prefix_len = prefix.shape[1]
       y = jnp.concatenate([prefix.astype(y.dtype), y], axis=1)  # [B, Pd + S, H]
-    h = self.decoder(y, encoded, encoder_mask.astype(bool), hooks, deterministic,
+    h = self.decoder(y, encoded, encoder_mask.astype(bool), stack, deterministic,
                      decode)
     h = h[:, prefix_len:]  # [B, S, H]
     if cfg.tie_word_embeddings:
       logits = self.token_embedder.attend(h * (cfg.d_model ** -0.5))
     else:
       logits = self.logits_dense(h)
-    return layers.constrain(logits.astype(jnp.float32), layers.BATCH_LENGTH_VOCAB)
+    logits = layers.constrain(logits.astype(jnp.float32), layers.BATCH_LENGTH_VOCAB)
+    return (logits, h) if return_hidden else logits
 
 
 def main() -> None:

@@ -3,9 +3,12 @@
 The interface (every method follows it; `prompt_tuning.SoftPrompt` is the
 reference):
 
-  * A method is a Linen module whose first attribute is `backbone_config`
-    (runs build it as `method(backbone_config=config)`, so gin binds only the
-    method's own hyper-parameters).
+  * A method is a Linen module whose first attribute is `spec`, the
+    backbone's `hooks.HookSpec` (runs build it as `method(spec=backbone.spec)`,
+    so gin binds only the method's own hyper-parameters). It sizes itself
+    from the spec alone (embed width, stacks, attention sites, heads, key/value
+    heads, MLP widths), never from a backbone's config, so every method runs
+    on every registered backbone that offers the sites it uses.
   * `method(batch_size, context=InitContext(), deterministic=True, batch=None)
     -> hooks.Hooks`: called inside the jitted loss with the trainable
     parameters; `context` (frozen embedding table, vocabulary) is given at
@@ -16,11 +19,11 @@ reference):
     separate tree). A parameter whose initialiser reads `context` must be
     made with `initializers.prompt_param` (or `common.joint_params`). Logical
     axes of method parameters are the replicated `partitioning.PROMPT_AXES`.
-  * It only fills hook fields (input prompts/offsets, per-layer key/value
+  * It only fills hook sites (input prompts/offsets, per-layer key/value
     prefixes, layer inputs, activation scales); the backbone never knows
     methods.
-  * Auxiliary loss terms: `self.sow("losses", name, scalar)`; `PromptModel`
-    adds them to the objective and reports `aux_loss`.
+  * Auxiliary loss terms: `self.sow("losses", name, scalar)`; the task
+    model adds them to the objective and reports `aux_loss`.
   * A method with a training-time reparameterisation registers a fold,
     `fold(method, params) -> (folded_method, folded_params)`, producing a
     cheaper method with identical outputs (`methods.fold` dispatches).
@@ -29,7 +32,7 @@ Adding a method: one module here (+ `register` it below), one gin file
 `gin/methods/<name>.gin` providing `METHOD`, one test file
 `tests/methods/<name>_test.py`.
 
-Dimension letters: H d_model.
+Dimension letters: H embed width.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from ptuning_jax import hooks as hooks_lib
 from ptuning_jax.training import optimizers
 from ptuning_jax.methods import initializers
 from ptuning_jax.methods import prompt_tuning
+from ptuning_jax.methods import baselines
 from ptuning_jax.methods import compose
 from ptuning_jax.methods import dept
 from ptuning_jax.methods import ia3
@@ -102,7 +106,7 @@ def fold(method: Any, params: Params) -> tuple[Any, Params]:
 def abstract_params(method: Any, context: initializers.InitContext = initializers.InitContext()
                     ) -> Params:
   """Shapes of the method's trainable parameters (nothing is computed)."""
-  return jax.eval_shape(lambda rng: method.init(rng, 1, context)["params"],
+  return jax.eval_shape(lambda rng: method.init(rng, 1, context).get("params", {}),
                         jax.random.key(0))
 
 
@@ -126,6 +130,8 @@ register("mpt", mpt.MPT, "gin/methods/mpt.gin", mpt.fold)
 register("xprompt", xprompt.XPrompt, "gin/methods/xprompt.gin", xprompt.fold)
 register("lopt2", lopt.LoPT2Prompt, "gin/methods/lopt.gin", lopt.fold)
 register("compose", compose.Composed, "gin/methods/compose.gin", compose.fold)
+register("head_only", baselines.NoMethod, "gin/methods/head_only.gin")
+register("full_finetune", baselines.FullFinetune, "gin/methods/full_finetune.gin")
 
 
 # ------------------------------ README table --------------------------------
@@ -137,10 +143,10 @@ class TableRow:
   method: str
   setting: str
   trains: str
-  build: Callable[[Any], Any]  # backbone_config -> method module
+  build: Callable[[Any], Any]  # HookSpec -> method module
 
-  def count(self, config: Any) -> int:
-    return count_params(self.build(config))
+  def count(self, spec: Any) -> int:
+    return count_params(self.build(spec))
 
 
 def _random(**kw):
@@ -155,7 +161,7 @@ PAPER_SETTINGS: tuple[TableRow, ...] = (
     TableRow("prefix_tuning", "P=100, encoder + decoder self/cross",
              "key/value [L, P, N, D] per layer and site",
              lambda c: prefix_tuning.PrefixTuning(
-                 c, length=100, sites=hooks_lib.KV_SITES)),
+                 c, length=100, sites=c.attention_sites)),
     TableRow("prefix_tuning", "P=100, encoder, MLP M=512 (training; folds to the "
              "encoder row)", "embedding [P, H] + MLP H-M-2LND",
              lambda c: prefix_tuning.PrefixTuning(c, length=100, projection_hidden=512)),
@@ -196,21 +202,22 @@ EXTRA_SETTINGS: tuple[TableRow, ...] = (
 )
 
 
-def parameter_table(config: Any, rows: tuple[TableRow, ...] = PAPER_SETTINGS) -> str:
+def parameter_table(spec: Any, rows: tuple[TableRow, ...] = PAPER_SETTINGS) -> str:
   """Markdown table: method, setting, what trains, parameter count, gin file.
 
-  Counts are computed from the methods' parameter shapes for `config`
-  (e.g. `t5.get_config("base")`), not typed by hand.
+  Counts are computed from the methods' parameter shapes for the backbone's
+  hook spec `spec` (e.g. `t5.hook_spec(t5.get_config("base"))`), not typed
+  by hand.
   """
   lines = ["| method | setting | what trains | parameters | gin file |",
            "|---|---|---|---:|---|"]
   for row in rows:
     lines.append(f"| {row.method} | {row.setting} | {row.trains} | "
-                 f"{row.count(config):,} | `{get(row.method).gin_file}` |")
+                 f"{row.count(spec):,} | `{get(row.method).gin_file}` |")
   return "\n".join(lines)
 
 
 __all__ = ["MethodInfo", "REGISTRY", "register", "get", "fold", "count_params",
            "abstract_params", "parameter_table", "PAPER_SETTINGS", "EXTRA_SETTINGS",
-           "TableRow", "compose", "dept", "ia3", "lopt", "low_rank", "mpt", "multitask", "prefix_tuning",
+           "TableRow", "baselines", "compose", "dept", "ia3", "lopt", "low_rank", "mpt", "multitask", "prefix_tuning",
            "residual", "xprompt"]

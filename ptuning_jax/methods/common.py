@@ -1,6 +1,6 @@
 """Building blocks shared by the prompt methods (not a method itself).
 
-Dimension letters: P prompt length, H d_model, I / O input / output features
+Dimension letters: B batch, P prompt length, H embed width, I / O input / output features
 of a dense layer.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ptuning_jax import hooks as hooks_lib
 from ptuning_jax.methods import placements
@@ -103,12 +104,48 @@ def check_positive(owner: str, **values: int) -> None:
       raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}.")
 
 
-def prompt_hooks(prompt: Array, placement: str) -> hooks_lib.Hooks:
-  """Hooks placing one prompt [P, H] in every example's encoder input, by
+def input_hooks(spec: hooks_lib.HookSpec, fn: hooks_lib.InputsFn) -> hooks_lib.Hooks:
+  """Hooks applying `fn` to the embedded inputs of the backbone's input stack
+  (`HookSpec.input_stack`: T5's and BERT's encoder)."""
+  return hooks_lib.Hooks(inputs={spec.input_stack: fn})
+
+
+def prompt_hooks(spec: hooks_lib.HookSpec, prompt: Array,
+                 placement: str) -> hooks_lib.Hooks:
+  """Hooks placing one prompt [P, H] in every example's input, by
   `placements.PLACEMENTS[placement]` (the hook of every plain-prompt method)."""
   combine = placements.get_placement(placement)
 
-  def encoder_inputs(x, tokens, mask):  # x: [B, T, H]
+  def inputs(x, tokens, mask):  # x: [B, T, H]
     return combine(broadcast_batch(prompt, x.shape[0]), x, tokens, mask)
 
-  return hooks_lib.Hooks(encoder_inputs=encoder_inputs)
+  return input_hooks(spec, inputs)
+
+
+def decoder_prompt_hooks(spec: hooks_lib.HookSpec, prompt: Array,
+                         batch_size: int) -> hooks_lib.Hooks:
+  """Hooks prepending a prompt [Pd, H] to every example's decoder input (the
+  `prefix` hook of the "decoder" stack: its outputs are dropped)."""
+  stack = spec.stack("decoder")
+  if stack.name == spec.input_stack:
+    raise ValueError(f"A decoder-side prompt needs an encoder-decoder backbone; the "
+                     f"{spec.family} backbone's input stack is its decoder.")
+  return hooks_lib.Hooks(prefix={stack.name: broadcast_batch(prompt, batch_size)})
+
+
+def select_tasks(values: Array, index: Array, who: str) -> Array:
+  """values [K, ...] -> [B, ...] rows `index` [B]; NaN rows for bad indices
+  (a ValueError when `index` is concrete)."""
+  num_tasks = values.shape[0]
+  try:
+    concrete = np.asarray(index)
+  except jax.errors.TracerArrayConversionError:
+    concrete = None
+  if concrete is not None:
+    bad = concrete[(concrete < 0) | (concrete >= num_tasks)]
+    if bad.size:
+      raise ValueError(f"{who}: task_index values {sorted(set(bad.tolist()))} "
+                       f"outside [0, num_tasks={num_tasks}).")
+  valid = (index >= 0) & (index < num_tasks)
+  picked = jnp.take(values, jnp.clip(index, 0, num_tasks - 1), axis=0)
+  return jnp.where(valid.reshape((-1,) + (1,) * (picked.ndim - 1)), picked, jnp.nan)

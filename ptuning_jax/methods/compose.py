@@ -17,7 +17,7 @@ Methods compose where the papers do:
     merges their hooks with `hooks.Hooks.merge` (e.g. a prompt with (IA)^3
     rescalings); each part's parameters live under its own name.
 
-Dimension letters: P rows of the file, m rows taken, H d_model.
+Dimension letters: P rows of the file, m rows taken, H embed width.
 """
 from __future__ import annotations
 
@@ -108,14 +108,14 @@ class Composed(nn.Module):
   """Several methods side by side; their hooks merged (`Hooks.merge`).
 
   Attributes:
-    backbone_config: the backbone config, passed to every part.
-    parts: method factories (`factory(backbone_config=...)`, e.g. gin's
+    spec: the backbone's hook spec, passed to every part.
+    parts: method factories (`factory(spec=...)`, e.g. gin's
       `@prompt_tuning.SoftPrompt` or `functools.partial(ia3.IA3)`).
     names: a name per part (its parameter subtree); default part_0, ...
-  Encoder-input hooks chain in order (part 0 first); any other field set by
-  two parts is an error. Auxiliary losses of every part are kept.
+  `inputs` hooks of one stack chain in order (part 0 first); any other site
+  set by two parts is an error. Auxiliary losses of every part are kept.
   """
-  backbone_config: Any
+  spec: hooks_lib.HookSpec
   parts: Sequence[Callable[..., Any]] = ()
   names: Sequence[str] = ()
 
@@ -132,7 +132,7 @@ class Composed(nn.Module):
                        "distinct names, one per part.")
     merged = hooks_lib.NO_HOOKS
     for name, factory in zip(names, self.parts):
-      part = factory(backbone_config=self.backbone_config, name=name)
+      part = factory(spec=self.spec, name=name)
       hooks = part(batch_size, context, deterministic, batch)
       try:
         merged = merged.merge(hooks)
@@ -141,11 +141,11 @@ class Composed(nn.Module):
     return merged
 
 
-def _rebuilt(module: nn.Module, backbone_config: Any, name: Optional[str] = None,
+def _rebuilt(module: nn.Module, spec: Any, name: Optional[str] = None,
              **unused) -> nn.Module:
   """A fresh copy of unbound `module` (same attributes), made where it is
   called so that Flax adopts it as a submodule named `name`."""
-  del backbone_config, unused  # the folded module keeps its own
+  del spec, unused  # the folded module keeps its own
   fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
             if f.init and f.name not in ("parent", "name")}
   return type(module)(**fields, name=name)
@@ -159,7 +159,7 @@ def fold(method: Composed, params: Mapping[str, Any]) -> tuple[Composed, dict]:
   names = list(method.names) or [f"part_{i}" for i in range(len(method.parts))]
   parts, folded_params = [], {}
   for name, factory in zip(names, method.parts):
-    part = factory(backbone_config=method.backbone_config)
+    part = factory(spec=method.spec)
     folded, folded_params[name] = methods.fold(part, params[name])
     parts.append(functools.partial(_rebuilt, folded))
-  return Composed(method.backbone_config, parts=tuple(parts), names=tuple(names)), folded_params
+  return Composed(method.spec, parts=tuple(parts), names=tuple(names)), folded_params

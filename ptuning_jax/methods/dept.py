@@ -19,7 +19,7 @@ P H; DePT's T5-Base settings for P = 100 are (m, r, s) = (60, 30, 256),
 (40, 45, 256), (80, 15, 256) and (60, 24, 512), all exactly 76,800.
 
 Dimension letters: B batch, T input length (<= s), m prompt length, s max
-input length, r rank, H d_model, P the budget's prompt length.
+input length, r rank, H embed width, P the budget's prompt length.
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class DePT(nn.Module):
   """Short prompt + position-indexed low-rank input offset.
 
   Attributes:
-    backbone_config: the backbone config (`d_model`).
+    spec: the backbone's hook spec (`embed_dim` H).
     length: m, length of the short prompt.
     rank: r.
     max_length: s, the maximum (padded) input length.
@@ -87,7 +87,7 @@ class DePT(nn.Module):
     b_initializer: of B [r, H].
     placement: where the prompt goes (`placements.PLACEMENTS`), default prefix.
   """
-  backbone_config: Any
+  spec: hooks_lib.HookSpec
   length: int = 60
   rank: int = 30
   max_length: int = 256
@@ -110,7 +110,7 @@ class DePT(nn.Module):
     del deterministic, batch, batch_size
     common.check_positive("DePT", length=self.length, rank=self.rank,
                           max_length=self.max_length)
-    embed = self.backbone_config.d_model
+    embed = self.spec.embed_dim
     prompt = initializers.prompt_param(self, "prompt", self.initializer,
                                   (self.length, embed), context)  # [m, H]
     a = initializers.prompt_param(self, "low_rank_a", self.a_initializer,
@@ -122,7 +122,7 @@ class DePT(nn.Module):
     combine = placements.get_placement(self.placement)
     scaling, max_length = self.scaling, self.max_length
 
-    def encoder_inputs(x, tokens, mask):
+    def inputs(x, tokens, mask):
       length = x.shape[1]
       if length > max_length:
         raise ValueError(f"DePT: encoder inputs of length {length} exceed "
@@ -133,7 +133,7 @@ class DePT(nn.Module):
       tiled = common.broadcast_batch(prompt, x.shape[0])  # [B, m, H]
       return combine(tiled, x, tokens, mask)
 
-    return hooks_lib.Hooks(encoder_inputs=encoder_inputs)
+    return common.input_hooks(self.spec, inputs)
 
 
 def num_params(d_model: int, length: int, rank: int, max_length: int) -> int:

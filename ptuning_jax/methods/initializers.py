@@ -64,21 +64,28 @@ def normal(stddev: float = 1.0) -> Initializer:
   return init
 
 
-def sampled_vocab(population_size: int = 5000) -> Initializer:
-  """Rows of the embedding table sampled without replacement from the first
-  `population_size` ids (SentencePiece orders pieces by frequency)."""
+def sampled_vocab(population_size: int = 5000, first_id: int = 0) -> Initializer:
+  """Lester et al.'s sampled-vocabulary init: rows of the embedding table
+  sampled without replacement from ids [first_id, first_id + population_size)
+  (SentencePiece orders pieces by frequency, so first_id 0 takes T5's most
+  frequent pieces; a BERT WordPiece vocabulary starts with [PAD], [unused*]
+  and single characters, so its real word pieces start at 1996, "the")."""
   def init(rng, shape, context):
     table = context.require_embedding("sampled_vocab")
-    return _sample_rows(rng, table, shape[0], population_size)
+    return _sample_rows(rng, table, shape[0], population_size, first_id)
   return init
 
 
-def _sample_rows(rng, table: np.ndarray, count: int, population_size: int) -> Array:
-  population = min(population_size, table.shape[0])
+def _sample_rows(rng, table: np.ndarray, count: int, population_size: int,
+                 first_id: int = 0) -> Array:
+  population = min(population_size, table.shape[0] - first_id)
+  if population < 1:
+    raise ValueError(f"sampled_vocab: first_id={first_id} is beyond the embedding "
+                     f"table ({table.shape[0]} rows).")
   if count == 0:
     return jnp.zeros((0, table.shape[1]), jnp.float32)
   replace = count > population
-  ids = jax.random.choice(rng, population, (count,), replace=replace)
+  ids = first_id + jax.random.choice(rng, population, (count,), replace=replace)
   return jnp.asarray(table)[ids]  # [count, H]
 
 

@@ -23,7 +23,7 @@ best results near P = 20 with r between 2 and 5 (secondary source).
 
 `fold` turns it into a plain `prompt_tuning.SoftPrompt` holding the prompt.
 
-Dimension letters: B batch, P prompt length, r rank, H d_model.
+Dimension letters: B batch, P prompt length, r rank, H embed width.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class LoPT2Prompt(nn.Module):
   """A soft prompt act(X0 U) V with a fixed X0.
 
   Attributes:
-    backbone_config: the backbone config (`d_model`).
+    spec: the backbone's hook spec (`embed_dim` H).
     length: P.
     rank: r.
     activation: one of ACTIVATIONS.
@@ -75,7 +75,7 @@ class LoPT2Prompt(nn.Module):
     v_initializer: V's initialiser ("random").
     placement: prompt placement (`placements.PLACEMENTS`).
   """
-  backbone_config: Any
+  spec: hooks_lib.HookSpec
   length: int = 20
   rank: int = 4
   activation: str = "sigmoid"
@@ -91,12 +91,12 @@ class LoPT2Prompt(nn.Module):
     common.check_positive("LoPT2Prompt", length=self.length, rank=self.rank)
     common.check_choice("LoPT2Prompt", "activation", self.activation, tuple(ACTIVATIONS))
     common.check_choice("LoPT2Prompt", "init_mode", self.init_mode, INITS)
-    if self.rank > self.backbone_config.d_model:
-      raise ValueError(f"LoPT2Prompt.rank={self.rank} exceeds d_model="
-                       f"{self.backbone_config.d_model}.")
+    if self.rank > self.spec.embed_dim:
+      raise ValueError(f"LoPT2Prompt.rank={self.rank} exceeds the embed width "
+                       f"{self.spec.embed_dim}.")
 
   def _factors(self, x0: Array, context: initializers.InitContext) -> tuple[Array, Array]:
-    h = self.backbone_config.d_model
+    h = self.spec.embed_dim
     shape_u, shape_v = (h, self.rank), (self.rank, h)
 
     def joint(rng):
@@ -119,18 +119,18 @@ class LoPT2Prompt(nn.Module):
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del deterministic, batch, batch_size
     self._check()
-    x0 = fixed_input(self.x0_seed, self.length, self.backbone_config.d_model)
+    x0 = fixed_input(self.x0_seed, self.length, self.spec.embed_dim)
     u, v = self._factors(x0, context)
     prompt = lopt_prompt(x0, u, v, self.activation)  # [P, H]
-    return common.prompt_hooks(prompt, self.placement)
+    return common.prompt_hooks(self.spec, prompt, self.placement)
 
 
 def fold(method: LoPT2Prompt, params: Params) -> tuple[prompt_tuning.SoftPrompt, Params]:
   """(a `SoftPrompt` with the same placement, {"prompt": act(X0 U) V})."""
   params = nn.meta.unbox(params)
-  x0 = fixed_input(method.x0_seed, method.length, method.backbone_config.d_model)
+  x0 = fixed_input(method.x0_seed, method.length, method.spec.embed_dim)
   prompt = lopt_prompt(x0, params["lopt_u"], params["lopt_v"], method.activation)
-  folded = prompt_tuning.SoftPrompt(backbone_config=method.backbone_config,
+  folded = prompt_tuning.SoftPrompt(spec=method.spec,
                               length=method.length, placement=method.placement,
                               initializer=initializers.normal())
   return folded, {"prompt": prompt}

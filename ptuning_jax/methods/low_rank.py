@@ -17,7 +17,7 @@ initialisation is not confirmed from the paper text; this is our choice.
 
 `fold` turns the factors into a plain `prompt_tuning.SoftPrompt` holding A @ B.
 
-Dimension letters: B batch, P prompt length, b rank, H d_model.
+Dimension letters: B batch, P prompt length, b rank, H embed width.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class LowRankPrompt(nn.Module):
   """A soft prompt parameterised as A @ B.
 
   Attributes:
-    backbone_config: the backbone config (`d_model`).
+    spec: the backbone's hook spec (`embed_dim` H).
     length: P.
     rank: b.
     init_mode: "svd" (factors of `initializer`'s prompt) or "random".
@@ -62,7 +62,7 @@ class LowRankPrompt(nn.Module):
     b_initializer: B's initialiser ("random").
     placement: prompt placement (`placements.PLACEMENTS`).
   """
-  backbone_config: Any
+  spec: hooks_lib.HookSpec
   length: int = 100
   rank: int = 10
   init_mode: str = "svd"
@@ -76,7 +76,7 @@ class LowRankPrompt(nn.Module):
 
   def _factors(self, context: initializers.InitContext) -> tuple[Array, Array]:
     shape_a = (self.length, self.rank)
-    shape_b = (self.rank, self.backbone_config.d_model)
+    shape_b = (self.rank, self.spec.embed_dim)
     if self.init_mode == "random":
       a = initializers.prompt_param(self, "low_rank_a", self.a_initializer, shape_a,
                                context, A_AXES)
@@ -85,7 +85,7 @@ class LowRankPrompt(nn.Module):
       return a, b
 
     def joint(rng):
-      full = self.initializer(rng, (self.length, self.backbone_config.d_model),
+      full = self.initializer(rng, (self.length, self.spec.embed_dim),
                               context)  # [P, H]
       a, b = svd_factors(full, self.rank)
       return {"low_rank_a": a, "low_rank_b": b}
@@ -101,12 +101,12 @@ class LowRankPrompt(nn.Module):
     del deterministic, batch, batch_size
     common.check_positive("LowRankPrompt", length=self.length, rank=self.rank)
     common.check_choice("LowRankPrompt", "init_mode", self.init_mode, INITS)
-    if self.rank > min(self.length, self.backbone_config.d_model):
+    if self.rank > min(self.length, self.spec.embed_dim):
       raise ValueError(f"LowRankPrompt.rank={self.rank} exceeds min(P, H) = "
-                       f"{min(self.length, self.backbone_config.d_model)}.")
+                       f"{min(self.length, self.spec.embed_dim)}.")
     a, b = self._factors(context)
     prompt = low_rank_prompt(a, b)  # [P, H]
-    return common.prompt_hooks(prompt, self.placement)
+    return common.prompt_hooks(self.spec, prompt, self.placement)
 
 
 def low_rank_prompt(a: Array, b: Array) -> Array:
@@ -118,7 +118,7 @@ def fold(method: LowRankPrompt, params: Params) -> tuple[prompt_tuning.SoftPromp
   """(a `SoftPrompt` with the same placement, {"prompt": A @ B})."""
   params = nn.meta.unbox(params)
   prompt = low_rank_prompt(params["low_rank_a"], params["low_rank_b"])
-  folded = prompt_tuning.SoftPrompt(backbone_config=method.backbone_config,
+  folded = prompt_tuning.SoftPrompt(spec=method.spec,
                               length=method.length, placement=method.placement,
                               initializer=initializers.normal())
   return folded, {"prompt": prompt}

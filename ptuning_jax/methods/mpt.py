@@ -44,7 +44,7 @@ Task selection: `task_index` [B] from the batch; with K = 1 it may be absent
 (task 0). An index outside [0, K) raises for a concrete batch and gives a NaN
 prompt (so a NaN loss) inside `jit`.
 
-Dimension letters: B batch, K tasks, P prompt length, r rank, H d_model,
+Dimension letters: B batch, K tasks, P prompt length, r rank, H embed width,
 T input length, S target length, V vocabulary.
 """
 from __future__ import annotations
@@ -164,24 +164,6 @@ def text_with_eos(prompt_text: str) -> initializers.Initializer:
 # ------------------------------ the method ----------------------------------
 
 
-def select_tasks(values: Array, index: Array, who: str = "MPT") -> Array:
-  """values [K, ...] -> [B, ...] rows `index` [B]; NaN rows for bad indices
-  (a ValueError when `index` is concrete)."""
-  num_tasks = values.shape[0]
-  try:
-    concrete = np.asarray(index)
-  except jax.errors.TracerArrayConversionError:
-    concrete = None
-  if concrete is not None:
-    bad = concrete[(concrete < 0) | (concrete >= num_tasks)]
-    if bad.size:
-      raise ValueError(f"{who}: {TASK_INDEX} values {sorted(set(bad.tolist()))} "
-                       f"outside [0, num_tasks={num_tasks}).")
-  valid = (index >= 0) & (index < num_tasks)
-  picked = jnp.take(values, jnp.clip(index, 0, num_tasks - 1), axis=0)
-  return jnp.where(valid.reshape((-1,) + (1,) * (picked.ndim - 1)), picked, jnp.nan)
-
-
 def task_prompts(prompt: Array, cols: Array, rows: Array, index: Array) -> Array:
   """P* (elementwise) U_k V_k per example.
 
@@ -193,8 +175,8 @@ def task_prompts(prompt: Array, cols: Array, rows: Array, index: Array) -> Array
   Returns:
     [B, P, H] float32.
   """
-  u = select_tasks(cols.astype(jnp.float32), index)  # [B, P, r]
-  v = select_tasks(rows.astype(jnp.float32), index)  # [B, r, H]
+  u = common.select_tasks(cols.astype(jnp.float32), index, "MPT")  # [B, P, r]
+  v = common.select_tasks(rows.astype(jnp.float32), index, "MPT")  # [B, r, H]
   return prompt.astype(jnp.float32)[None] * jnp.einsum("bpr,brh->bph", u, v)
 
 
@@ -202,7 +184,7 @@ class MPT(nn.Module):
   """Shared prompt with per-task multiplicative low-rank updates.
 
   Attributes:
-    backbone_config: the backbone config (`d_model`).
+    spec: the backbone's hook spec (`embed_dim` H).
     num_tasks: K (source tasks in stage one; usually 1 in stage two).
     length: P.
     rank: r (the paper: 1; PEFT `num_ranks`).
@@ -215,11 +197,11 @@ class MPT(nn.Module):
     placement: prompt placement (`placements.PLACEMENTS`).
     decoder_length: Pd > 0 adds Pd rows to P*, U_k (all [P + Pd, ...])
       whose task prompt rows [P, P + Pd) are prepended to the decoder input
-      (`hooks.decoder_prefix`): PEFT's seq2seq default
+      (the decoder `prefix` hook): PEFT's seq2seq default
       (`num_transformer_submodules=2`) is Pd = P. Default 0 (the paper:
       encoder prompt only).
   """
-  backbone_config: Any
+  spec: hooks_lib.HookSpec
   num_tasks: int = 1
   length: int = 100
   rank: int = 1
@@ -267,7 +249,7 @@ class MPT(nn.Module):
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del deterministic
     self._check()
-    embed, k, p, r = (self.backbone_config.d_model, self.num_tasks, self.total_rows,
+    embed, k, p, r = (self.spec.embed_dim, self.num_tasks, self.total_rows,
                      self.rank)
     shared_init, cols_init, rows_init = self._initializers()
     prompt = initializers.prompt_param(self, PROMPT, shared_init, (p, embed), context)
@@ -276,16 +258,19 @@ class MPT(nn.Module):
     combine = placements.get_placement(self.placement)
     index = _task_index(batch, k, self.is_initializing(), batch_size)
     full = task_prompts(prompt, cols, rows, index)  # [B, P + Pd, H]
-    encoder_prompt = full[:, :self.length]  # [B, P, H]
+    input_prompt = full[:, :self.length]  # [B, P, H]
 
-    def encoder_inputs(x, tokens, mask):
-      if x.shape[0] != encoder_prompt.shape[0]:
-        raise ValueError(f"MPT: hooks built for batch size {encoder_prompt.shape[0]} "
-                         f"got encoder inputs of batch size {x.shape[0]}.")
-      return combine(encoder_prompt, x, tokens, mask)
+    def inputs(x, tokens, mask):
+      if x.shape[0] != input_prompt.shape[0]:
+        raise ValueError(f"MPT: hooks built for batch size {input_prompt.shape[0]} "
+                         f"got inputs of batch size {x.shape[0]}.")
+      return combine(input_prompt, x, tokens, mask)
 
-    decoder_prefix = full[:, self.length:] if self.decoder_length else None
-    return hooks_lib.Hooks(encoder_inputs=encoder_inputs, decoder_prefix=decoder_prefix)
+    hooks = common.input_hooks(self.spec, inputs)
+    if self.decoder_length:
+      hooks = hooks.merge(hooks_lib.Hooks(prefix={
+          self.spec.stack("decoder").name: full[:, self.length:]}))
+    return hooks
 
 
 def _task_index(batch: Optional[Mapping[str, Array]], num_tasks: int,
@@ -326,7 +311,7 @@ def fold(method: MPT, params: Any,
   params = nn.meta.unbox(params)
   prompt = task_prompts(params[PROMPT], params[COLS], params[ROWS],
                         jnp.asarray([task]))[0]  # [P + Pd, H]
-  folded = prompt_tuning.SoftPrompt(backbone_config=method.backbone_config,
+  folded = prompt_tuning.SoftPrompt(spec=method.spec,
                               length=method.length, placement=method.placement,
                               initializer=initializers.normal(),
                               decoder_length=method.decoder_length)

@@ -20,7 +20,7 @@ concrete (non-traced) batch it raises a ValueError.
 
 Trainable parameters: add (1 + K) P H; concat Ps H + K Pt H.
 
-Dimension letters: B batch, K tasks, P / Ps / Pt prompt lengths, H d_model,
+Dimension letters: B batch, K tasks, P / Ps / Pt prompt lengths, H embed width,
 T input length.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ class MultiTaskPrompt(nn.Module):
   """Shared + task-specific prompts selected per example.
 
   Attributes:
-    backbone_config: the backbone config (`d_model`).
+    spec: the backbone's hook spec (`embed_dim` H).
     num_tasks: K.
     length: P (add) or Ps (concat), the shared prompt's length.
     task_length: Pt (concat only; default `length`).
@@ -62,7 +62,7 @@ class MultiTaskPrompt(nn.Module):
       prompt) and sampled vocabulary for "concat".
     placement: prompt placement (`placements.PLACEMENTS`).
   """
-  backbone_config: Any
+  spec: hooks_lib.HookSpec
   num_tasks: int = 2
   length: int = 100
   task_length: Optional[int] = None
@@ -104,7 +104,7 @@ class MultiTaskPrompt(nn.Module):
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del deterministic
     self._check()
-    embed = self.backbone_config.d_model
+    embed = self.spec.embed_dim
     task_length = self.task_length or self.length
     shared = initializers.prompt_param(self, "shared_prompt", self.shared_initializer,
                                   (self.length, embed), context)  # [Ps, H]
@@ -116,7 +116,7 @@ class MultiTaskPrompt(nn.Module):
     source, combine, token_ids = (self.task_index_source, self.combine,
                                   tuple(self.task_token_ids))
 
-    def encoder_inputs(x, tokens, mask):
+    def inputs(x, tokens, mask):
       if source == "first_token":
         index = index_from_first_token(tokens, token_ids)
         x, tokens, mask = x[:, 1:], tokens[:, 1:], mask[:, 1:]  # [B, T - 1, ...]
@@ -136,7 +136,7 @@ class MultiTaskPrompt(nn.Module):
       prompt = combine_prompts(shared, tasks, index, combine)  # [B, P', H]
       return combine_inputs(prompt, x, tokens, mask)
 
-    return hooks_lib.Hooks(encoder_inputs=encoder_inputs)
+    return common.input_hooks(self.spec, inputs)
 
 
 def per_task(init: initializers.Initializer) -> initializers.Initializer:

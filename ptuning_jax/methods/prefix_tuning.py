@@ -3,25 +3,29 @@
 Li & Liang (2021) and Liu et al. (P-Tuning v2, 2022) prepend `P` learned key
 and value vectors to the keys and values of every attention layer
 ("deep prompts"); the frozen model attends to them like extra tokens.
-Here the prefixes go to any of the attention sites of `hooks.KV_SITES`:
-"encoder" (self-attention, the default), "decoder_self", "decoder_cross".
+Here the prefixes go to any attention sites of the backbone
+(`HookSpec.attention_sites`, e.g. T5's "encoder/self", "decoder/self",
+"decoder/cross"); the default is the self-attention of the input stack
+("encoder/self" for T5 and BERT). Prefixes are sized by each site's
+key/value heads K, so grouped-query attention gets K, not N, heads.
 
-Dimension letters: B batch, P prefix length, H d_model, L layers of the
-site's stack, N heads, D head dim, M reparameterisation hidden size.
+Dimension letters: B batch, P prefix length, H embed width, L layers of the
+site's stack, K key/value heads, D head dim, M reparameterisation hidden
+size.
 
-Parameters, per site (a submodule named after the site):
-  direct (default):           key, value          [L, P, N, D]
+Parameters, per site (a submodule named after the site, "/" -> "_"):
+  direct (default):           key, value          [L, P, K, D]
   reparameterised (M > 0):    embedding           [P, H]
                               hidden/{kernel [H, M], bias [M]}
-                              out/{kernel [M, 2 L N D], bias [2 L N D]}
-  with  kv = tanh(embedding @ W_h + b_h) @ W_o + b_o  ([P, 2 L N D], viewed
-  as [P, L, 2, N, D]: entry 2 l is layer l's key, 2 l + 1 its value, the
+                              out/{kernel [M, 2 L K D], bias [2 L K D]}
+  with  kv = tanh(embedding @ W_h + b_h) @ W_o + b_o  ([P, 2 L K D], viewed
+  as [P, L, 2, K, D]: entry 2 l is layer l's key, 2 l + 1 its value, the
   layout of P-Tuning v2's `PrefixEncoder` and PEFT's `PrefixTuningConfig`).
 
-Trainable parameters per site: 2 L P N D directly; P H + H M + M
-+ M 2 L N D + 2 L N D with the MLP. `fold` computes the prefixes once and
+Trainable parameters per site: 2 L P K D directly; P H + H M + M
++ M 2 L K D + 2 L K D with the MLP. `fold` computes the prefixes once and
 returns a direct-parameter method with identical outputs, so inference
-carries only 2 L P N D numbers per site.
+carries only 2 L P K D numbers per site.
 
 Prefix dropout (P-Tuning v2 applies dropout to its `past_key_values`):
 `dropout_rate` drops prefix entries independently per example.
@@ -47,12 +51,22 @@ from ptuning_jax.methods import common
 Array = jax.Array
 Params = Any
 
-KV_AXES = ("prompt_layers", "prompt", None, "prompt_kv")  # [L, P, N, D]
+KV_AXES = ("prompt_layers", "prompt", None, "prompt_kv")  # [L, P, K, D]
 
 
-def site_layers(config: Any, site: str) -> int:
-  """L of the stack a kv site belongs to."""
-  return config.num_encoder_layers if site == "encoder" else config.num_decoder_layers
+def module_name(site: str) -> str:
+  """The submodule (parameter subtree) name of a site: "decoder/cross" ->
+  "decoder_cross"."""
+  return site.replace("/", "_")
+
+
+def _site_prefix(spec: hooks_lib.HookSpec, site: str, method: "PrefixTuning",
+                 **kwargs) -> "_SitePrefix":
+  attention = spec.site(site)
+  return _SitePrefix(num_layers=attention.num_layers, length=method.length,
+                     num_heads=attention.num_kv_heads, head_dim=attention.head_dim,
+                     embed_dim=spec.embed_dim, projection_hidden=method.projection_hidden,
+                     initializer=method.initializer, **kwargs)
 
 
 class _SitePrefix(nn.Module):
@@ -95,9 +109,10 @@ class PrefixTuning(nn.Module):
   """Deep key/value prefixes (P-Tuning v2 / prefix tuning).
 
   Attributes:
-    backbone_config: the backbone's config (d_model, num_heads, d_kv, layers).
+    spec: the backbone's hook spec (its attention sites and their shapes).
     length: P, prefix length per layer.
-    sites: attention sites that get prefixes (subset of `hooks.KV_SITES`).
+    sites: attention sites that get prefixes (subset of
+      `spec.attention_sites`); None: the input stack's self-attention.
     projection_hidden: M > 0 reparameterises the prefixes with an MLP
       (Li & Liang; P-Tuning v2 `prefix_projection`, hidden 512); 0 (default,
       as in P-Tuning v2) trains the prefixes directly.
@@ -108,22 +123,27 @@ class PrefixTuning(nn.Module):
       (`hooks.PREFIX_POSITIONS`): "none" (zero bias) or "past" (positions
       -P .. -1, as transformers' T5 treats PEFT's prefix cache).
   """
-  backbone_config: Any
+  spec: hooks_lib.HookSpec
   length: int = 20
-  sites: Sequence[str] = ("encoder",)
+  sites: Optional[Sequence[str]] = None
   projection_hidden: int = 0
   dropout_rate: float = 0.0
   initializer: initializers.Initializer = dataclasses.field(
       default_factory=lambda: initializers.normal(1.0))
   positions: str = "none"
 
-  def _check(self) -> None:
-    common.check_positive("PrefixTuning", length=self.length)
-    sites = tuple(self.sites)
+  def resolved_sites(self) -> tuple[str, ...]:
+    """The sites that get prefixes (validated)."""
+    sites = (f"{self.spec.input_stack}/self",) if self.sites is None else tuple(self.sites)
     if not sites or len(set(sites)) != len(sites):
       raise ValueError(f"PrefixTuning.sites={sites!r} must be non-empty and unique.")
     for site in sites:
-      common.check_choice("PrefixTuning", "sites", site, hooks_lib.KV_SITES)
+      common.check_choice("PrefixTuning", "sites", site, self.spec.attention_sites)
+    return sites
+
+  def _check(self) -> tuple[str, ...]:
+    common.check_positive("PrefixTuning", length=self.length)
+    sites = self.resolved_sites()
     common.check_choice("PrefixTuning", "positions", self.positions,
                         hooks_lib.PREFIX_POSITIONS)
     if self.projection_hidden < 0:
@@ -131,6 +151,7 @@ class PrefixTuning(nn.Module):
                        "must be >= 0.")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"PrefixTuning.dropout_rate={self.dropout_rate} not in [0, 1).")
+    return sites
 
   @nn.compact
   def __call__(self, batch_size: int,
@@ -138,18 +159,12 @@ class PrefixTuning(nn.Module):
                deterministic: bool = True,
                batch: Optional[Mapping[str, Array]] = None) -> hooks_lib.Hooks:
     del batch
-    self._check()
-    cfg = self.backbone_config
     dropout = nn.Dropout(rate=self.dropout_rate)
     kv_prefixes = {}
-    for site in self.sites:
-      key, value = _SitePrefix(
-          num_layers=site_layers(cfg, site), length=self.length,
-          num_heads=cfg.num_heads, head_dim=cfg.d_kv, embed_dim=cfg.d_model,
-          projection_hidden=self.projection_hidden, initializer=self.initializer,
-          name=site)(context)
+    for site in self._check():
+      key, value = _site_prefix(self.spec, site, self, name=module_name(site))(context)
       key = jnp.broadcast_to(key[:, None], (key.shape[0], batch_size) + key.shape[1:])
-      value = jnp.broadcast_to(value[:, None], key.shape)  # [L, B, P, N, D]
+      value = jnp.broadcast_to(value[:, None], key.shape)  # [L, B, P, K, D]
       if self.dropout_rate:
         key = dropout(key, deterministic=deterministic)
         value = dropout(value, deterministic=deterministic)
@@ -172,26 +187,23 @@ def fold(method: PrefixTuning, params: Params) -> tuple[PrefixTuning, Params]:
     return method, params
   params = nn.meta.unbox(params)
   folded = {}
-  for site in method.sites:
-    module = _SitePrefix(
-        num_layers=site_layers(method.backbone_config, site), length=method.length,
-        num_heads=method.backbone_config.num_heads,
-        head_dim=method.backbone_config.d_kv,
-        embed_dim=method.backbone_config.d_model,
-        projection_hidden=method.projection_hidden, initializer=method.initializer)
-    key, value = module.apply({"params": params[site]}, initializers.InitContext())
-    folded[site] = {"key": key, "value": value}
+  for site in method.resolved_sites():
+    module = _site_prefix(method.spec, site, method)
+    key, value = module.apply({"params": params[module_name(site)]},
+                              initializers.InitContext())
+    folded[module_name(site)] = {"key": key, "value": value}
   return method.clone(projection_hidden=0), folded
 
 
-def num_params(config: Any, length: int, sites: Sequence[str] = ("encoder",),
-               projection_hidden: int = 0) -> int:
-  """The formula: sum over sites of 2 L P N D (direct) or the MLP's count."""
+def num_params(spec: hooks_lib.HookSpec, length: int,
+               sites: Optional[Sequence[str]] = None, projection_hidden: int = 0) -> int:
+  """The formula: sum over sites of 2 L P K D (direct) or the MLP's count."""
   total = 0
-  for site in sites:
-    kv = 2 * site_layers(config, site) * config.num_heads * config.d_kv
+  for site in ((f"{spec.input_stack}/self",) if sites is None else sites):
+    attention = spec.site(site)
+    kv = 2 * attention.num_layers * attention.num_kv_heads * attention.head_dim
     if projection_hidden:
-      h, m = config.d_model, projection_hidden
+      h, m = spec.embed_dim, projection_hidden
       total += length * h + h * m + m + m * kv + kv
     else:
       total += length * kv

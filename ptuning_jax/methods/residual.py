@@ -12,7 +12,7 @@ precomputes P' into a plain `prompt_tuning.SoftPrompt` with identical outputs.
 Trainable parameters: P H + H M + M + M H + H (+ 2 H with the LayerNorm).
 T5-Large, P = 100, M = 400: 925,072 (the 925K of DPT's Figure 1).
 
-Dimension letters: B batch, P prompt length, H d_model, M bottleneck.
+Dimension letters: B batch, P prompt length, H embed width, M bottleneck.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class ResidualPrompt(nn.Module):
   """A soft prompt reparameterised by a residual MLP.
 
   Attributes:
-    backbone_config: the backbone config (`d_model`).
+    spec: the backbone's hook spec (`embed_dim` H).
     length: P (the repository's T5-Base example uses 10).
     bottleneck: M.
     activation: "relu" (default), "tanh" or "sigmoid".
@@ -81,7 +81,7 @@ class ResidualPrompt(nn.Module):
     initializer: of P (default sampled vocabulary, as the repository).
     placement: prompt placement (`placements.PLACEMENTS`).
   """
-  backbone_config: Any
+  spec: hooks_lib.HookSpec
   length: int = 10
   bottleneck: int = 400
   activation: str = "relu"
@@ -101,9 +101,9 @@ class ResidualPrompt(nn.Module):
                           bottleneck=self.bottleneck)
     common.check_choice("ResidualPrompt", "activation", self.activation, ACTIVATIONS)
     raw = initializers.prompt_param(self, "prompt", self.initializer,
-                               (self.length, self.backbone_config.d_model), context)
+                               (self.length, self.spec.embed_dim), context)
     prompt = self._mlp()(raw, deterministic)  # [P, H]
-    return common.prompt_hooks(prompt, self.placement)
+    return common.prompt_hooks(self.spec, prompt, self.placement)
 
   def _mlp(self) -> ResidualMLP:
     return ResidualMLP(self.bottleneck, self.activation, self.layer_norm,
@@ -116,7 +116,7 @@ def fold(method: ResidualPrompt, params: Params) -> tuple[prompt_tuning.SoftProm
   mlp = ResidualMLP(method.bottleneck, method.activation, method.layer_norm,
                     method.dropout_rate)
   prompt = mlp.apply({"params": params["mlp"]}, params["prompt"], True)
-  folded = prompt_tuning.SoftPrompt(backbone_config=method.backbone_config,
+  folded = prompt_tuning.SoftPrompt(spec=method.spec,
                               length=method.length, placement=method.placement,
                               initializer=initializers.normal())
   return folded, {"prompt": prompt}

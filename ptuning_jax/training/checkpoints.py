@@ -10,7 +10,11 @@ Layout under `directory`:
                                 every exported trainable leaf as .npy (like
                                 prompt-tuning's numpy checkpoints); these are
                                 tiny and never deleted by retention. bfloat16
-                                leaves are written as float32 (exactly).
+                                leaves are written as float32 (exactly). A
+                                task model's method parameters are named
+                                within the method (`prompt.npy`), a head's
+                                as `head.<...>.npy`; a fully fine-tuned
+                                backbone is not exported here.
 
 Dimension letters: P prompt length, H d_model.
 
@@ -76,7 +80,8 @@ class Checkpointer:
     best_mode: "max" or "min" for `keep_best`.
     export_npy: write the exported leaves as `.npy` at every save.
     npy_subtree: attribute or key of the state holding the trainable params;
-      `.npy` names are paths inside it joined with '.'.
+      `.npy` names are paths inside it joined with '.', without a leading
+      `npy_strip` key; paths under an `npy_skip` key are not exported.
     npy_patterns: regexes `re.search`ed in '/'-joined paths inside
       `npy_subtree`; a leaf is exported if any matches. Empty: all leaves.
     async_save: let orbax write the state in a background thread (`wait()`
@@ -86,7 +91,9 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, keep: Optional[int] = 1,
                keep_best: Optional[str] = None, best_mode: str = "max",
                export_npy: bool = True, npy_subtree: str = "params",
-               npy_patterns: Sequence[str] = (), async_save: bool = True):
+               npy_patterns: Sequence[str] = (), async_save: bool = True,
+               npy_strip: Sequence[str] = ("method",),
+               npy_skip: Sequence[str] = ("backbone",)):
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode={best_mode!r}; expected 'max' or 'min'.")
     if keep is not None and keep < 1:
@@ -95,6 +102,7 @@ class Checkpointer:
     self.keep_best, self.best_mode = keep_best, best_mode
     self.export_npy = export_npy
     self.npy_subtree = npy_subtree
+    self.npy_strip, self.npy_skip = tuple(npy_strip), tuple(npy_skip)
     self.npy_patterns = tuple(re.compile(p) for p in npy_patterns)
     policies = [pp.LatestN(n=keep)]
     if keep_best is not None:
@@ -160,6 +168,11 @@ class Checkpointer:
                        f"state has no such field; it has {have}.")
     leaves = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(subtree):
+      first = path_str(path[:1])
+      if first in self.npy_skip:
+        continue
+      if first in self.npy_strip:
+        path = path[1:]
       slash = path_str(path)
       if (not self.npy_patterns or
           any(p.search(slash) for p in self.npy_patterns)):

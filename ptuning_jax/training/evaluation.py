@@ -1,7 +1,8 @@
-"""Periodic evaluation: loss, decoding metrics or rank classification.
+"""Periodic evaluation: loss, decoding metrics, rank classification or a
+classifier's outputs.
 
 Dimension letters: N examples, B eval batch, T input length, S target length,
-C candidate targets.
+C candidate targets or classes.
 
 The data object of a run (`run.data`) provides `eval_data(split,
 max_examples)` returning an `EvalData`; this module only runs the jitted
@@ -18,16 +19,18 @@ import numpy as np
 
 from ptuning_jax.data import pipeline
 
-EVAL_MODES = ("loss", "decode", "rank")
+EVAL_MODES = ("auto", "loss", "decode", "rank", "classify")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
   """Attributes:
     split: the split to evaluate.
-    mode: "loss" (token cross-entropy only), "decode" (greedy decoding and the
-      task's metrics) or "rank" (rank classification over the task's label
-      strings, then the task's metrics).
+    mode: "loss" (the task loss only), "decode" (greedy decoding and the
+      task's metrics), "rank" (rank classification over the task's label
+      strings, then the task's metrics), "classify" (a classifier's outputs
+      and the task's metrics) or "auto" (the default: "classify" for
+      classification data, else "decode").
     batch_size: eval batch size (a multiple of the mesh's data axis).
     max_examples: evaluate only the first N examples.
     max_decode_length: decode length; default the targets feature length.
@@ -35,7 +38,7 @@ class EvalConfig:
     best_mode: "max" or "min".
   """
   split: str = "validation"
-  mode: str = "decode"
+  mode: str = "auto"
   batch_size: int = 32
   max_examples: Optional[int] = None
   max_decode_length: Optional[int] = None
@@ -55,14 +58,18 @@ class EvalData:
 
   Attributes:
     dataset: `pipeline.ArrayDataset` of converted features ([N, T] ...).
-    compute_metrics: predicted ids [N, S] -> metrics dict.
+    compute_metrics: predicted ids [N, S] -> metrics dict (text data), or
+      None.
     candidates: [C, S] candidate target ids for rank classification, or None.
     compute_rank_metrics: scores [N, C] -> metrics dict, or None.
+    compute_output_metrics: a classifier's outputs ([N, C] logits or [N]
+      scores) -> metrics dict (classification data), or None.
   """
   dataset: Any
-  compute_metrics: Callable[[np.ndarray], Mapping[str, float]]
+  compute_metrics: Optional[Callable[[np.ndarray], Mapping[str, float]]] = None
   candidates: Optional[np.ndarray] = None
   compute_rank_metrics: Optional[Callable[[np.ndarray], Mapping[str, float]]] = None
+  compute_output_metrics: Optional[Callable[[np.ndarray], Mapping[str, float]]] = None
 
 
 def _loss(run, params, batches) -> dict:
@@ -80,13 +87,14 @@ def _loss(run, params, batches) -> dict:
 
 
 def _batches(dataset, batch_size):
+  """(batch, mask [B] of its real rows); the batch keeps `example_mask`, the
+  weights of a classifier's loss (a seq2seq loss weighs by its targets)."""
   for batch in pipeline.eval_batches(dataset, batch_size):
-    mask = np.asarray(batch.pop("example_mask"))
-    yield batch, mask
+    yield batch, np.asarray(batch["example_mask"]).astype(bool)
 
 
 TARGET_FEATURES = ("decoder_input_tokens", "decoder_target_tokens",
-                   "decoder_loss_weights")
+                   "decoder_loss_weights", "label", "example_mask")
 
 
 def _inputs_only(batch):
@@ -95,41 +103,66 @@ def _inputs_only(batch):
   return {k: v for k, v in batch.items() if k not in TARGET_FEATURES}
 
 
-def predict(run, params, dataset, batch_size: int, max_decode_length: int) -> np.ndarray:
-  """Greedy predictions [N, S] for every example of `dataset`, in order."""
+def _collect(run, name: str, params, dataset, batch_size: int, *extras,
+             **static) -> np.ndarray:
+  """`run.trainer.call(name, ...)` over every batch; rows of real examples."""
   out = []
   for batch, mask in _batches(dataset, batch_size):
     inputs = run.trainer.place_batch(_inputs_only(batch))
-    ids = run.trainer.predict(params, run.backbone.params, inputs, max_decode_length)
-    out.append(np.asarray(jax.device_get(ids))[mask])
+    value = run.trainer.call(name, params, run.backbone.params, inputs, *extras,
+                             **static)
+    out.append(np.asarray(jax.device_get(value))[mask])
   return np.concatenate(out)
+
+
+def predict(run, params, dataset, batch_size: int, max_decode_length: int,
+            eos_id: int = 1) -> np.ndarray:
+  """Greedy predictions [N, S] for every example of `dataset`, in order."""
+  return _collect(run, "predict_batch", params, dataset, batch_size,
+                  max_decode_length=max_decode_length, eos_id=eos_id)
 
 
 def rank_scores(run, params, dataset, batch_size: int,
                 candidates: np.ndarray) -> np.ndarray:
   """Rank-classification scores [N, C]."""
-  out = []
-  for batch, mask in _batches(dataset, batch_size):
-    inputs = run.trainer.place_batch(_inputs_only(batch))
-    scores = run.trainer.rank_classify(params, run.backbone.params, inputs, candidates)
-    out.append(np.asarray(jax.device_get(scores))[mask])
-  return np.concatenate(out)
+  return _collect(run, "rank_classify", params, dataset, batch_size, candidates)
+
+
+def classifier_outputs(run, params, dataset, batch_size: int) -> np.ndarray:
+  """A classifier's outputs ([N, C] logits or [N] scores), in order."""
+  return _collect(run, "predict", params, dataset, batch_size)
+
+
+def resolve_mode(mode: str, data: EvalData) -> str:
+  if mode != "auto":
+    return mode
+  return "classify" if data.compute_output_metrics is not None else "decode"
 
 
 def evaluate(run, params, config: EvalConfig) -> dict:
   """Metrics of `params` on `config.split` of the run's data."""
   data = run.data.eval_data(config.split, config.max_examples)
   metrics = _loss(run, params, _batches(data.dataset, config.batch_size))
-  if config.mode == "decode":
+  mode = resolve_mode(config.mode, data)
+  if mode == "decode":
+    if data.compute_metrics is None:
+      raise ValueError("EvalConfig.mode='decode' needs text-to-text data; this task "
+                       "is scored by a classifier (mode 'classify').")
     length = config.max_decode_length or data.dataset.arrays[
         "decoder_target_tokens"].shape[1]
     preds = predict(run, params, data.dataset, config.batch_size, length)
     metrics.update(data.compute_metrics(preds))
-  elif config.mode == "rank":
+  elif mode == "rank":
     if data.candidates is None or data.compute_rank_metrics is None:
       raise ValueError("EvalConfig.mode='rank' needs a task with label strings "
                        "(candidate targets); this task has none.")
     scores = rank_scores(run, params, data.dataset, config.batch_size,
                          data.candidates)
     metrics.update(data.compute_rank_metrics(scores))
+  elif mode == "classify":
+    if data.compute_output_metrics is None:
+      raise ValueError("EvalConfig.mode='classify' needs classification data (a "
+                       "classifier head); this task is text-to-text.")
+    metrics.update(data.compute_output_metrics(
+        classifier_outputs(run, params, data.dataset, config.batch_size)))
   return {k: float(v) for k, v in metrics.items()}

@@ -5,13 +5,18 @@ with gin (`gin.external_configurable`), so gin files bind
 `run.train.num_steps = 1000` etc. under `from __gin__ import
 dynamic_registration`.
 
-A run:
+A run, for any registered backbone family and any registered method:
   1. builds the `(data, model)` mesh and the logical axis rules;
-  2. loads the frozen backbone straight into its shardings;
-  3. builds the method (`method(backbone_config=...)`) and its trainables;
-  4. builds the input pipeline (seqio task -> arrays -> resumable batches);
+  2. loads the frozen backbone straight into its shardings (its family from
+     the checkpoint's `config.json`);
+  3. builds the method (`method(spec=backbone.spec)`) and the task model that
+     scores it on the data (`models.build`: text-to-text on a seq2seq
+     backbone, classification with a head on an encoder) and its trainables;
+  4. takes the data object's resumable batch iterator;
   5. restores the latest checkpoint of the trainables if there is one;
-  6. loops: jitted `train_step`, periodic eval, checkpoints and metrics.
+  6. loops: jitted `train_step`, periodic eval, checkpoints and metrics;
+  7. under full fine-tuning, exports the trained backbone in the Hugging Face
+     layout to `<model_dir>/backbone`.
 """
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ from ptuning_jax.training import checkpoints
 from ptuning_jax.training import evaluation
 from ptuning_jax.training import files
 from ptuning_jax import gin_utils
-from ptuning_jax.models import seq2seq
+from ptuning_jax import models
+from ptuning_jax.models import task_model
 from ptuning_jax.training import optimizers
 from ptuning_jax.training import partitioning
 from ptuning_jax.methods import initializers
@@ -55,41 +61,46 @@ class Run:
   mesh: Any
   rules: Any
   backbone: backbones.Backbone
-  model: seq2seq.PromptModel
+  model: task_model.TaskModel
   trainer: trainer_lib.Trainer
   state: trainer_lib.TrainState
   data: Any
+
+  @property
+  def frozen(self) -> Any:
+    """The frozen parameters every step gets ({} under full fine-tuning)."""
+    return self.model.frozen_params(self.backbone.params)
 
 
 def build_run(*, backbone: backbones.BackboneSpec, method: Callable[..., Any],
               data: Any, optimizer: optimizers.OptimizerConfig,
               mesh: MeshConfig = MeshConfig(), seed: int = 42,
-              num_microbatches: int = 1, z_loss: float = 0.0,
-              deterministic: bool = False,
-              model_factory: Callable[..., seq2seq.PromptModel] = seq2seq.PromptModel
-              ) -> Run:
-  """Mesh, backbone, method, optimizer and jitted steps; a fresh train state.
+              num_microbatches: int = 1, deterministic: bool = False,
+              model: Callable[..., task_model.TaskModel] = models.build) -> Run:
+  """Mesh, backbone, method, task model, optimizer and jitted steps; a fresh
+  train state.
 
-  `model_factory(backbone_module, method, z_loss=...)` builds the model
-  (default `seq2seq.PromptModel`; e.g. MPT's distillation model overrides its
-  loss).
+  `model(backbone, method, data)` builds the task model (default
+  `models.build`; gin binds its options, e.g. the classifier head or MPT's
+  distillation loss term).
   """
   mesh_ = partitioning.make_mesh(mesh.data, mesh.model)
   rules = partitioning.standard_logical_axis_rules(fsdp=mesh.fsdp)
   bb = backbones.load(backbone, mesh_, rules)
-  method_ = method(backbone_config=bb.config)
+  method_ = method(spec=bb.spec)
   _check_task_count(method_, data)
-  model = model_factory(bb.module, method_, z_loss=z_loss)
+  model_ = model(bb, method_, data)
   context = initializers.InitContext(embedding=np.asarray(bb.embedding, np.float32),
-                                vocab=data.vocab)
-  trainables = model.init_trainables(jax.random.key(seed), context)
+                                     vocab=getattr(data, "vocab", None))
+  trainables = model_.init_trainables(jax.random.key(seed), context, bb.params)
   tx = optimizers.build_optimizer(optimizer)
   lr_fn = optimizers.build_schedules(optimizer)[optimizers.DEFAULT_GROUP]
   state = trainer_lib.create_train_state(trainables, tx, seed)
-  trainer = trainer_lib.Trainer(model, tx, mesh_, rules, bb.shardings,
+  trainer = trainer_lib.Trainer(model_, tx, mesh_, rules,
+                                model_.frozen_params(bb.shardings),
                                 num_microbatches=num_microbatches, lr_fn=lr_fn,
                                 deterministic=deterministic)
-  return Run(mesh=mesh_, rules=rules, backbone=bb, model=model, trainer=trainer,
+  return Run(mesh=mesh_, rules=rules, backbone=bb, model=model_, trainer=trainer,
              state=trainer.place_state(state), data=data)
 
 
@@ -104,11 +115,17 @@ def _check_task_count(method: Any, data: Any) -> None:
 
 
 def parameter_report(run: Run) -> dict:
-  """Trainable parameter count and fraction of the whole model."""
+  """Trainable parameter count and fraction of the whole model, and the
+  trainable count of each part (`method_params`, `head_params`,
+  `backbone_params`: see `task_model`)."""
   trainable = optimizers.num_params(run.state.params)
-  frozen = optimizers.num_params(run.backbone.params)
+  frozen = optimizers.num_params(run.frozen)
+  parts = {f"{part}_params": 0 for part in (task_model.METHOD, task_model.HEAD,
+                                             task_model.BACKBONE)}
+  parts.update({f"{part}_params": optimizers.num_params(tree)
+                for part, tree in run.state.params.items()})
   return {"trainable_params": trainable, "frozen_params": frozen,
-          "trainable_fraction": trainable / (trainable + frozen)}
+          "trainable_fraction": trainable / (trainable + frozen), **parts}
 
 
 def train(*, model_dir: str, backbone: backbones.BackboneSpec,
@@ -118,17 +135,14 @@ def train(*, model_dir: str, backbone: backbones.BackboneSpec,
           eval_config: evaluation.EvalConfig = evaluation.EvalConfig(),
           checkpoint_every: int = 0, keep_checkpoints: int = 3,
           log_every: int = 10, mesh: MeshConfig = MeshConfig(), seed: int = 42,
-          num_microbatches: int = 1, z_loss: float = 0.0,
-          progress_bar: bool = True,
-          model_factory: Callable[..., seq2seq.PromptModel] = seq2seq.PromptModel
-          ) -> dict:
-  """Prompt-tunes `method` on `data` over a frozen `backbone`; returns final
-  metrics. `model_factory`: see `build_run`."""
+          num_microbatches: int = 1, progress_bar: bool = True,
+          model: Callable[..., task_model.TaskModel] = models.build) -> dict:
+  """Trains `method` on `data` over a frozen `backbone`; returns final
+  metrics. `model`: see `build_run`."""
   os.makedirs(model_dir, exist_ok=True)
   gin_utils.write_config(model_dir, "config.gin")
   run = build_run(backbone=backbone, method=method, data=data, optimizer=optimizer,
-                  mesh=mesh, seed=seed, num_microbatches=num_microbatches,
-                  z_loss=z_loss, model_factory=model_factory)
+                  mesh=mesh, seed=seed, num_microbatches=num_microbatches, model=model)
   writer = summaries.MetricWriter(model_dir)
   report = parameter_report(run)
   log.info("trainable params %d (%.6f%% of %d)", report["trainable_params"],
@@ -147,8 +161,27 @@ def train(*, model_dir: str, backbone: backbones.BackboneSpec,
                       progress_bar=progress_bar)
   writer.close()
   ckpt.close()
+  if run.model.train_backbone:
+    final["backbone_dir"] = export_backbone(run, final.pop("_state"),
+                                            os.path.join(model_dir, BACKBONE_DIR))
+  final.pop("_state", None)
   gin_utils.write_config(model_dir, "operative_config.gin", operative=True)
   return dict(final, **report)
+
+
+BACKBONE_DIR = "backbone"
+
+
+def export_backbone(run: Run, state: trainer_lib.TrainState, out_dir: str) -> str:
+  """Writes a fully fine-tuned backbone in its family's Hugging Face layout."""
+  family = run.backbone.family
+  if family.save is None:
+    raise ValueError(f"The {family.name} family has no checkpoint export; the "
+                     "fine-tuned backbone stays in the orbax checkpoints only.")
+  params = jax.device_get(state.params[task_model.BACKBONE])
+  if jax.process_index() == 0:
+    family.save(params, run.backbone.config, out_dir)
+  return out_dir
 
 
 def _maybe_restore(run: Run, ckpt: checkpoints.Checkpointer, train_iter):
@@ -164,7 +197,7 @@ def _maybe_restore(run: Run, ckpt: checkpoints.Checkpointer, train_iter):
 def _train_loop(run: Run, state, train_iter, writer, ckpt, *, num_steps,
                 eval_every, eval_config, checkpoint_every, log_every,
                 progress_bar) -> dict:
-  trainer, frozen = run.trainer, run.backbone.params
+  trainer, frozen = run.trainer, run.frozen
   start = int(jax.device_get(state.step))
   bar = tqdm.tqdm(range(start, num_steps), initial=start, total=num_steps,
                   disable=not progress_bar or jax.process_index() != 0,
@@ -172,7 +205,7 @@ def _train_loop(run: Run, state, train_iter, writer, ckpt, *, num_steps,
   pending, tick, examples, final = [], time.perf_counter(), 0, {}
   for step in bar:
     batch = next(train_iter)
-    examples += len(batch["encoder_input_tokens"])
+    examples += len(next(iter(batch.values())))
     state, metrics = trainer.train_step(state, frozen, trainer.place_batch(batch))
     pending.append(metrics)
     done = step + 1
@@ -192,6 +225,7 @@ def _train_loop(run: Run, state, train_iter, writer, ckpt, *, num_steps,
       final.update({f"eval/{k}": v for k, v in eval_metrics.items()})
     if (checkpoint_every and done % checkpoint_every == 0) or done == num_steps:
       ckpt.save(done, state, train_iter.get_state(), metrics=eval_metrics)
+  final["_state"] = state
   return final
 
 
@@ -222,11 +256,13 @@ def evaluate(*, backbone: backbones.BackboneSpec, method: Callable[..., Any],
              checkpoint_step: Optional[int] = None,
              eval_config: evaluation.EvalConfig = evaluation.EvalConfig(),
              mesh: MeshConfig = MeshConfig(), seed: int = 42,
-             output_file: Optional[str] = None) -> dict:
+             output_file: Optional[str] = None,
+             model: Callable[..., task_model.TaskModel] = models.build) -> dict:
   """Evaluates a checkpoint (or the method's initial values, e.g. a `.npy`
   prompt) on `eval_config.split`; returns and optionally writes the metrics."""
   run = build_run(backbone=backbone, method=method, data=data,
-                  optimizer=optimizers.OptimizerConfig(), mesh=mesh, seed=seed)
+                  optimizer=optimizers.OptimizerConfig(), mesh=mesh, seed=seed,
+                  model=model)
   state = _restore_for_eval(run, model_dir, checkpoint_step)
   metrics = evaluation.evaluate(run, state.params, eval_config)
   metrics["step"] = int(jax.device_get(state.step))
@@ -239,17 +275,28 @@ def infer(*, backbone: backbones.BackboneSpec, method: Callable[..., Any],
           data: Any, input_file: str, output_file: str,
           model_dir: Optional[str] = None, checkpoint_step: Optional[int] = None,
           batch_size: int = 32, max_decode_length: Optional[int] = None,
-          mesh: MeshConfig = MeshConfig(), seed: int = 42) -> int:
-  """Greedy predictions for every input of `input_file` (one input text per
-  line, or JSONL with an "inputs" field) written as JSONL; returns the count."""
+          mesh: MeshConfig = MeshConfig(), seed: int = 42,
+          model: Callable[..., task_model.TaskModel] = models.build) -> int:
+  """Predictions for every input of `input_file` written as JSONL; returns the
+  count. Text data: one input text per line (or JSONL with an "inputs"
+  field), greedy decodes. Classification data: JSONL rows in the task's raw
+  format (its fields), the predicted label (or score) per row."""
   run = build_run(backbone=backbone, method=method, data=data,
-                  optimizer=optimizers.OptimizerConfig(), mesh=mesh, seed=seed)
+                  optimizer=optimizers.OptimizerConfig(), mesh=mesh, seed=seed,
+                  model=model)
   state = _restore_for_eval(run, model_dir, checkpoint_step)
-  texts = files.read_inputs(input_file)
-  dataset = data.encode_inputs(texts)
-  length = max_decode_length or data.feature_lengths["targets"]
-  preds = evaluation.predict(run, state.params, dataset, batch_size, length)
-  files.write_jsonl(output_file, [
-      {"inputs": t, "prediction": data.vocab.decode(p.tolist())}
-      for t, p in zip(texts, preds)])
-  return len(texts)
+  if getattr(data, "task_kind", models.TEXT) == models.TEXT:
+    inputs = files.read_inputs(input_file)
+    dataset = data.encode_inputs(inputs)
+    length = max_decode_length or data.feature_lengths["targets"]
+    preds = evaluation.predict(run, state.params, dataset, batch_size, length)
+    rows = [{"inputs": t, "prediction": data.vocab.decode(p.tolist())}
+            for t, p in zip(inputs, preds)]
+  else:
+    inputs = data.read_inputs(input_file)
+    dataset = data.encode_inputs(inputs, input_file)
+    outputs = evaluation.classifier_outputs(run, state.params, dataset, batch_size)
+    rows = [dict(row, prediction=data.describe_output(o))
+            for row, o in zip(inputs, outputs)]
+  files.write_jsonl(output_file, rows)
+  return len(rows)

@@ -3,9 +3,11 @@
 Dimension letters: B global batch, M microbatches, T input length, S target
 length, C candidates.
 
-`TrainState` holds only what trains: the method's parameters, their optimizer
-state, the step and the RNG. The frozen backbone parameters are passed to every
-step separately and are never differentiated, updated or donated.
+`TrainState` holds only what trains (the task model's trainable tree: the
+method's parameters, a head's, the backbone's under full fine-tuning), their
+optimizer state, the step and the RNG. The frozen backbone parameters are
+passed to every step separately and are never differentiated, updated or
+donated. Everything here works for any `models.task_model.TaskModel`.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ptuning_jax.models import seq2seq
+from ptuning_jax.models import task_model
 from ptuning_jax.training import partitioning
 
 Array = jax.Array
@@ -53,16 +55,22 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
   return jax.tree_util.tree_map(split, batch)  # leaves [M, B / M, ...]
 
 
-def compute_gradients(model: seq2seq.PromptModel, params: Params, frozen: Params,
+# Metrics that are sums over the batch (every other metric is a mean, and
+# microbatches combine means weighted by their `target_tokens`).
+SUMMED_METRICS = ("target_tokens",)
+
+
+def compute_gradients(model: task_model.TaskModel, params: Params, frozen: Params,
                       batch: Batch, rng: Array, num_microbatches: int = 1,
                       deterministic: bool = False):
-  """Mean loss, metrics and gradients w.r.t. `params` only.
+  """Metrics and gradients of the objective w.r.t. `params` only.
 
-  With M > 1 microbatches the batch is processed M rows-blocks at a time in a
-  `lax.scan`; every microbatch has the same number of rows, so the mean of the
-  per-microbatch gradients is the full-batch gradient of the mean loss up to
-  the token-count weighting, which we apply exactly by weighting with the
-  microbatch's target-token count.
+  With M > 1 microbatches the batch is processed M row-blocks at a time in a
+  `lax.scan`. Every microbatch's gradient and every metric it reports (the
+  task loss, token accuracy, auxiliary losses, loss-term metrics, ...) is
+  weighted by its `target_tokens` and divided by their total, so the step
+  equals the full-batch step and reports the same metrics; `target_tokens`
+  itself is summed.
   """
   grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
   if num_microbatches == 1:
@@ -70,29 +78,33 @@ def compute_gradients(model: seq2seq.PromptModel, params: Params, frozen: Params
     return aux, grads
 
   micro = _split_microbatches(batch, num_microbatches)
+  first = jax.tree_util.tree_map(lambda x: x[0], micro)
+  metric_shapes = jax.eval_shape(
+      lambda: grad_fn(params, frozen, first, rng, deterministic)[0][1])
 
   def body(carry, inputs):
-    grad_sum, loss_sum, correct_sum, token_sum = carry
+    grad_sum, metric_sum = carry
     index, mb = inputs
     (_, aux), grads = grad_fn(params, frozen, mb, jax.random.fold_in(rng, index),
                               deterministic)
     tokens = aux["target_tokens"]
     grad_sum = jax.tree_util.tree_map(lambda a, g: a + g * tokens, grad_sum, grads)
-    return (grad_sum, loss_sum + aux["loss"] * tokens,
-            correct_sum + aux["token_accuracy"] * tokens, token_sum + tokens), None
+    metric_sum = {k: metric_sum[k] + (v if k in SUMMED_METRICS else v * tokens)
+                  for k, v in aux.items()}
+    return (grad_sum, metric_sum), None
 
   zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-  init = (zeros, 0.0, 0.0, 0.0)
-  (grad_sum, loss_sum, correct_sum, tokens), _ = jax.lax.scan(
-      body, init, (jnp.arange(num_microbatches), micro))
+  metric_zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in metric_shapes.items()}
+  (grad_sum, metric_sum), _ = jax.lax.scan(
+      body, (zeros, metric_zeros), (jnp.arange(num_microbatches), micro))
+  tokens = metric_sum["target_tokens"]
   denom = jnp.maximum(tokens, 1.0)
   grads = jax.tree_util.tree_map(lambda g: g / denom, grad_sum)
-  return {"loss": loss_sum / denom, "token_accuracy": correct_sum / denom,
-          "target_tokens": tokens}, grads
+  return {k: v if k in SUMMED_METRICS else v / denom for k, v in metric_sum.items()}, grads
 
 
 def train_step(state: TrainState, frozen: Params, batch: Batch, *,
-               model: seq2seq.PromptModel, tx: optax.GradientTransformation,
+               model: task_model.TaskModel, tx: optax.GradientTransformation,
                num_microbatches: int = 1, deterministic: bool = False,
                lr_fn: Optional[Callable[[Array], Array]] = None):
   """One optimizer step on the trainables. Returns (new state, metrics)."""
@@ -118,7 +130,7 @@ def apply_gradients(state: TrainState, grads: Params,
 
 
 def eval_step(params: Params, frozen: Params, batch: Batch, *,
-              model: seq2seq.PromptModel):
+              model: task_model.TaskModel):
   """Summed loss statistics over a batch (rows with zero weights add nothing)."""
   _, aux = model.loss_fn(params, frozen, batch, None, True)
   return aux
@@ -128,10 +140,12 @@ class Trainer:
   """Jits the steps once, with shardings over a `(data, model)` mesh.
 
   The trainable state is small (prompt tensors) and replicated; frozen params
-  are sharded by their logical axes; batches are split over `data`.
+  are sharded by their logical axes; batches are split over `data`. Any
+  other method of the task model (decoding, rank classification, classifier
+  outputs) is jitted once per static arguments by `call`.
   """
 
-  def __init__(self, model: seq2seq.PromptModel, tx: optax.GradientTransformation,
+  def __init__(self, model: task_model.TaskModel, tx: optax.GradientTransformation,
                mesh: jax.sharding.Mesh, rules, frozen_shardings: Any,
                num_microbatches: int = 1, lr_fn=None, deterministic: bool = False):
     self.model, self.tx, self.mesh, self.rules = model, tx, mesh, rules
@@ -139,23 +153,18 @@ class Trainer:
     self.replicated = partitioning.replicated(mesh)
     # PartitionSpec("data"): leading (batch) axis over `data`, any rank, so
     # per-example features such as `task_index` [B] travel with the batch.
-    batch_sh = partitioning.data_sharding(mesh, ndim=1)
-    self.batch_sharding = batch_sh
+    self.batch_sharding = partitioning.data_sharding(mesh, ndim=1)
     step = functools.partial(train_step, model=model, tx=tx,
                              num_microbatches=num_microbatches,
                              deterministic=deterministic, lr_fn=lr_fn)
     self._train_step = jax.jit(
-        step, in_shardings=(self.replicated, frozen_shardings, batch_sh),
+        step, in_shardings=(self.replicated, frozen_shardings, self.batch_sharding),
         out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
     self._eval_step = jax.jit(
         functools.partial(eval_step, model=model),
-        in_shardings=(self.replicated, frozen_shardings, batch_sh),
+        in_shardings=(self.replicated, frozen_shardings, self.batch_sharding),
         out_shardings=self.replicated)
-    self._predict_fns: dict = {}
-    self._rank = jax.jit(
-        model.rank_classify,
-        in_shardings=(self.replicated, frozen_shardings, batch_sh, self.replicated),
-        out_shardings=batch_sh)
+    self._calls: dict = {}
 
   def _run(self, fn, *args, **kwargs):
     with partitioning.activate(self.mesh, self.rules):
@@ -176,20 +185,19 @@ class Trainer:
   def eval_step(self, params: Params, frozen: Params, batch):
     return self._run(self._eval_step, params, frozen, batch)
 
-  def predict(self, params, frozen, batch, max_decode_length: int,
-              eos_id: int = 1):
-    """Greedy decodes [B, S]; one compilation per (length, eos id)."""
-    key = (max_decode_length, eos_id)
-    if key not in self._predict_fns:
-      self._predict_fns[key] = jax.jit(
-          functools.partial(self.model.predict_batch,
-                            max_decode_length=max_decode_length, eos_id=eos_id),
-          in_shardings=(self.replicated, self.frozen_shardings, self.batch_sharding),
+  def call(self, name: str, params: Params, frozen: Params, batch, *extras,
+           **static):
+    """`model.<name>(params, frozen, batch, *extras, **static)`, jitted once
+    per (name, static arguments): replicated params and extras, frozen and
+    batch shardings in, outputs sharded over `data` (batch-major)."""
+    key = (name, tuple(sorted(static.items())), len(extras))
+    if key not in self._calls:
+      fn = functools.partial(getattr(self.model, name), **static)
+      self._calls[key] = jax.jit(
+          fn, in_shardings=(self.replicated, self.frozen_shardings, self.batch_sharding)
+          + (self.replicated,) * len(extras),
           out_shardings=self.batch_sharding)
-    return self._run(self._predict_fns[key], params, frozen, batch)
-
-  def rank_classify(self, params, frozen, batch, candidates):
-    return self._run(self._rank, params, frozen, batch, candidates)
+    return self._run(self._calls[key], params, frozen, batch, *extras)
 
   @property
   def train_step_cache_size(self) -> int:

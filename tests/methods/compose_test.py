@@ -23,7 +23,7 @@ P, K = 6, 3
 
 def _mpt_export(directory, cfg, params):
   """A stage-one MPT result written as its checkpoint `.npy` export."""
-  method = mpt.MPT(cfg, num_tasks=K, length=P)
+  method = mpt.MPT(mt.spec(cfg), num_tasks=K, length=P)
   tr = mt.init(method, params, seed=3)
   tr["prefix_task_cols"] = tr["prefix_task_cols"] * 50  # factors of unit scale
   tr["prefix_task_rows"] = tr["prefix_task_rows"] * 50
@@ -43,21 +43,21 @@ def test_dept_initialised_from_an_mpt_prompt(tmp_path):
     if task is not None:  # the task prompt MPT itself uses
       np.testing.assert_array_equal(want, mpt.fold(method, tr, task=task)[1]["prompt"])
     else:  # MPT's target initialisation: the averaged factors
-      target = mt.init(mpt.MPT(cfg, length=P, source=source,
+      target = mt.init(mpt.MPT(mt.spec(cfg), length=P, source=source,
                                init_mode="AVERAGE_SOURCE_TASKS"), params)
       np.testing.assert_array_equal(
-          want, mpt.fold(mpt.MPT(cfg, length=P), target)[1]["prompt"])
+          want, mpt.fold(mpt.MPT(mt.spec(cfg), length=P), target)[1]["prompt"])
     m = 4  # DePT's prompt is shorter: its first m rows
-    short = dept.DePT(cfg, length=m, rank=2, max_length=9,
+    short = dept.DePT(mt.spec(cfg), length=m, rank=2, max_length=9,
                       initializer=compose.from_mpt(source, task))
     start = mt.init(short, params)
     np.testing.assert_array_equal(start["prompt"], want[:m])
     np.testing.assert_array_equal(start["low_rank_b"], 0.0)  # E' = E: starts as MPT's prompt
-  later = mt.init(dept.DePT(cfg, length=2, rank=2, max_length=9,
+  later = mt.init(dept.DePT(mt.spec(cfg), length=2, rank=2, max_length=9,
                             initializer=compose.from_mpt(source, 0, start=4)), params)
   np.testing.assert_array_equal(later["prompt"], compose.mpt_prompt(source, 0)[4:6])
   with pytest.raises(ValueError, match=r"has 6 rows; rows \[4, 8\) were asked for"):
-    mt.init(dept.DePT(cfg, length=4, rank=2, max_length=9,
+    mt.init(dept.DePT(mt.spec(cfg), length=4, rank=2, max_length=9,
                       initializer=compose.from_mpt(source, 0, start=4)), params)
   with pytest.raises(ValueError, match="task=3 outside the 3 tasks"):
     compose.mpt_prompt(source, 3)
@@ -73,7 +73,7 @@ def test_methods_start_from_a_prompt_file(tmp_path):
   soft = mt.init(compose.started_from(functools.partial(prompt_tuning.SoftPrompt, length=P),
                                       path)(backbone_config=cfg), params)
   np.testing.assert_array_equal(soft["prompt"], prompt)
-  lr = mt.init(low_rank.LowRankPrompt(cfg, length=P, rank=P,
+  lr = mt.init(low_rank.LowRankPrompt(mt.spec(cfg), length=P, rank=P,
                                       initializer=compose.from_npy(path)), params)
   np.testing.assert_allclose(low_rank.low_rank_prompt(lr["low_rank_a"], lr["low_rank_b"]),
                              prompt, atol=1e-5)  # full-rank SVD of the file's prompt
@@ -83,10 +83,10 @@ def test_methods_start_from_a_prompt_file(tmp_path):
   np.testing.assert_array_equal(shared["encoder"]["embedding"], prompt[2:4])
   with pytest.raises(ValueError, match=r"holds shape \(6, 12\); the parameter needs "
                      r"\(2, 6, 3, 5\)"):
-    mt.init(prefix_tuning.PrefixTuning(cfg, length=6, initializer=compose.from_npy(path)),
+    mt.init(prefix_tuning.PrefixTuning(mt.spec(cfg), length=6, initializer=compose.from_npy(path)),
             params)
   with pytest.raises(FileNotFoundError, match="nope.npy"):
-    mt.init(prompt_tuning.SoftPrompt(cfg, length=P, initializer=compose.from_npy(
+    mt.init(prompt_tuning.SoftPrompt(mt.spec(cfg), length=P, initializer=compose.from_npy(
         str(tmp_path / "nope.npy"))), params)
 
 
@@ -95,15 +95,15 @@ def test_composed_hooks_merge():
   _, params = mt.frozen(cfg)
   parts = (functools.partial(prompt_tuning.SoftPrompt, length=2, initializer=initializers.normal()),
            ia3.IA3)
-  method = compose.Composed(cfg, parts=parts, names=("prompt", "ia3"))
+  method = compose.Composed(mt.spec(cfg), parts=parts, names=("prompt", "ia3"))
   tr = mt.init(method, params)
   assert sorted(tr) == ["ia3", "prompt"]
   assert methods.count_params(method) == 2 * cfg.d_model + ia3.num_params(cfg)
   tr["ia3"] = jax.tree_util.tree_map(lambda x: x * 1.3, tr["ia3"])
   hk = method.apply({"params": tr}, 2)
   # The composed hooks are the parts' hooks, merged.
-  soft = prompt_tuning.SoftPrompt(cfg, length=2).apply({"params": tr["prompt"]}, 2)
-  scales = ia3.IA3(cfg).apply({"params": tr["ia3"]}, 2).scales
+  soft = prompt_tuning.SoftPrompt(mt.spec(cfg), length=2).apply({"params": tr["prompt"]}, 2)
+  scales = ia3.IA3(mt.spec(cfg)).apply({"params": tr["ia3"]}, 2).scales
   assert set(hk.scales) == set(scales) and hk.kv_prefixes == {}
   for site, value in scales.items():
     np.testing.assert_array_equal(hk.scales[site], value)
@@ -112,19 +112,19 @@ def test_composed_hooks_merge():
   for got, want in zip(hk.encoder_inputs(x, tokens, mask),
                        soft.encoder_inputs(x, tokens, mask)):
     np.testing.assert_array_equal(got, want)
-  clash = compose.Composed(cfg, parts=(functools.partial(
+  clash = compose.Composed(mt.spec(cfg), parts=(functools.partial(
       prompt_tuning.SoftPrompt, length=2, decoder_length=1, initializer=initializers.normal()),) * 2)
   with pytest.raises(ValueError, match="part 'part_1': Both hook sets set decoder_prefix"):
     mt.init(clash, params)
   with pytest.raises(ValueError, match="Composed.parts is empty"):
-    mt.init(compose.Composed(cfg), params)
+    mt.init(compose.Composed(mt.spec(cfg)), params)
 
 
 def test_fold_folds_every_part():
   cfg = mt.config()
   parts = (functools.partial(residual.ResidualPrompt, length=3, bottleneck=4,
                              initializer=initializers.normal()), ia3.IA3)
-  method = compose.Composed(cfg, parts=parts, names=("residual", "ia3"))
+  method = compose.Composed(mt.spec(cfg), parts=parts, names=("residual", "ia3"))
   tr = mt.init(method, mt.frozen(cfg)[1])
   tr["ia3"] = jax.tree_util.tree_map(lambda x: x * 1.3, tr["ia3"])
   folded, folded_params = mt.check_fold(method, tr)

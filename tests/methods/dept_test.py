@@ -22,7 +22,7 @@ LOW_RANK_GROUP = optimizers.ParamGroup("low_rank", "(^|/)low_rank_[ab]$", 1e-3)
 def test_param_count_is_m_d_plus_r_s_plus_d(m, r, s):
   for cfg in (mt.config(), t5.get_config("base")):
     d = cfg.d_model
-    count = methods.count_params(dept.DePT(cfg, length=m, rank=r, max_length=s,
+    count = methods.count_params(dept.DePT(mt.spec(cfg), length=m, rank=r, max_length=s,
                                            initializer=initializers.normal()))
     assert count == m * d + r * (s + d) == dept.num_params(d, m, r, s)
   if (m, r) != (M, R):  # DePT's T5-Base settings match a 100-token prompt.
@@ -48,7 +48,7 @@ def test_solve_budget_gives_depts_settings():
 def test_offset_math_and_zero_init():
   cfg = mt.config()
   _, params = mt.frozen(cfg)
-  method = dept.DePT(cfg, length=M, rank=R, max_length=SMAX)
+  method = dept.DePT(mt.spec(cfg), length=M, rank=R, max_length=SMAX)
   trainables = mt.init(method, params)
   np.testing.assert_array_equal(trainables["low_rank_b"], 0.0)  # E' = E at start
   bound = 1 / math.sqrt(R)
@@ -73,7 +73,7 @@ def test_offset_math_and_zero_init():
 def test_input_longer_than_max_length_is_an_error():
   cfg = mt.config()
   module, params = mt.frozen(cfg)
-  method = dept.DePT(cfg, length=M, rank=R, max_length=4)
+  method = dept.DePT(mt.spec(cfg), length=M, rank=R, max_length=4)
   batch = mt.make_batch(cfg.vocab_size)  # T = 7 > s = 4
   with pytest.raises(ValueError, match="exceed max_length s=4"):
     mt.loss(module, method, mt.init(method, params), params, batch)
@@ -92,7 +92,7 @@ def test_repeated_text_init():
 def test_two_learning_rates_select_the_factors():
   cfg = mt.config()
   _, params = mt.frozen(cfg)
-  trainables = mt.init(dept.DePT(cfg, length=M, rank=R, max_length=SMAX), params)
+  trainables = mt.init(dept.DePT(mt.spec(cfg), length=M, rank=R, max_length=SMAX), params)
   labels = optimizers.group_labels(trainables, (LOW_RANK_GROUP,))
   assert labels == {"prompt": "default", "low_rank_a": "low_rank",
                     "low_rank_b": "low_rank"}

@@ -13,12 +13,12 @@ from ptuning_jax.methods import ia3
 def test_param_count_per_layer_vectors():
   cfg = mt.config()
   nd, f = cfg.num_heads * cfg.d_kv, cfg.d_ff
-  assert methods.count_params(ia3.IA3(cfg)) == (
+  assert methods.count_params(ia3.IA3(mt.spec(cfg))) == (
       cfg.num_encoder_layers * (2 * nd + f) + cfg.num_decoder_layers * (4 * nd + f))
-  assert methods.count_params(ia3.IA3(cfg, sites=("encoder/k", "decoder/mlp"))) == (
+  assert methods.count_params(ia3.IA3(mt.spec(cfg), sites=("encoder/k", "decoder/mlp"))) == (
       cfg.num_encoder_layers * nd + cfg.num_decoder_layers * f)
   base = t5.get_config("base")
-  assert methods.count_params(ia3.IA3(base)) == ia3.num_params(base) == (
+  assert methods.count_params(ia3.IA3(mt.spec(base))) == ia3.num_params(base) == (
       12 * (2 * 768 + 2048) + 12 * (4 * 768 + 2048))
 
 
@@ -26,7 +26,7 @@ def test_ones_give_the_plain_backbone_bit_for_bit():
   cfg = mt.config()
   module, params = mt.frozen(cfg)
   batch = mt.make_batch(cfg.vocab_size)
-  method = ia3.IA3(cfg)
+  method = ia3.IA3(mt.spec(cfg))
   trainables = mt.init(method, params)
   for leaf in jax.tree_util.tree_leaves(trainables):
     np.testing.assert_array_equal(leaf, 1.0)
@@ -48,7 +48,7 @@ def test_value_scale_equals_scaled_value_kernel():
   cfg = mt.config()
   module, params = mt.frozen(cfg)
   batch = mt.make_batch(cfg.vocab_size)
-  method = ia3.IA3(cfg, sites=("encoder/v",))
+  method = ia3.IA3(mt.spec(cfg), sites=("encoder/v",))
   trainables = mt.init(method, params)
   scale = np.random.default_rng(0).uniform(0.5, 1.5, trainables["encoder"]["v"].shape)
   trainables["encoder"]["v"] = scale.astype(np.float32)
@@ -64,7 +64,7 @@ def test_value_scale_equals_scaled_value_kernel():
 
 def test_bad_site_is_an_error():
   with pytest.raises(ValueError, match="sites='encoder/q'"):
-    methods.count_params(ia3.IA3(mt.config(), sites=("encoder/q",)))
+    methods.count_params(ia3.IA3(mt.spec(mt.config()), sites=("encoder/q",)))
 
 
 def test_training_sharded_equals_unsharded(tmp_path):

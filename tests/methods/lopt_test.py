@@ -15,7 +15,7 @@ P, RANK = 5, 3
 def test_param_count_is_two_r_h_whatever_the_length():
   cfg = mt.config()
   for length in (P, 4 * P):
-    method = lopt.LoPT2Prompt(cfg, length=length, rank=RANK, init_mode="random")
+    method = lopt.LoPT2Prompt(mt.spec(cfg), length=length, rank=RANK, init_mode="random")
     assert methods.count_params(method) == 2 * RANK * cfg.d_model
     assert lopt.num_params(cfg.d_model, RANK) == 2 * RANK * cfg.d_model
 
@@ -23,7 +23,7 @@ def test_param_count_is_two_r_h_whatever_the_length():
 def test_prompt_is_activation_of_fixed_input_times_factors():
   cfg = mt.config()
   _, params = mt.frozen(cfg)
-  method = lopt.LoPT2Prompt(cfg, length=P, rank=RANK, activation="tanh",
+  method = lopt.LoPT2Prompt(mt.spec(cfg), length=P, rank=RANK, activation="tanh",
                             init_mode="random", x0_seed=7)
   tr = mt.init(method, params)
   x0 = np.asarray(jax.random.normal(jax.random.key(7), (P, cfg.d_model)))
@@ -41,7 +41,7 @@ def test_fit_init_is_the_least_squares_fit_of_the_initial_prompt():
   cfg = mt.config()
   _, params = mt.frozen(cfg)
   target = np.random.default_rng(0).normal(size=(P, cfg.d_model)).astype(np.float32)
-  method = lopt.LoPT2Prompt(cfg, length=P, rank=RANK,
+  method = lopt.LoPT2Prompt(mt.spec(cfg), length=P, rank=RANK,
                             initializer=lambda rng, shape, ctx: target)
   tr = mt.init(method, params)
   x0 = np.asarray(lopt.fixed_input(0, P, cfg.d_model), np.float64)
@@ -54,7 +54,7 @@ def test_fit_init_is_the_least_squares_fit_of_the_initial_prompt():
 
 
 def test_fold_gives_identical_outputs():
-  folded, _ = mt.check_fold(lopt.LoPT2Prompt(mt.config(), length=P, rank=RANK))
+  folded, _ = mt.check_fold(lopt.LoPT2Prompt(mt.spec(mt.config()), length=P, rank=RANK))
   assert isinstance(folded, prompt_tuning.SoftPrompt)
 
 
@@ -64,7 +64,7 @@ def test_fold_gives_identical_outputs():
     (dict(rank=10_000), "rank=10000 exceeds d_model")])
 def test_bad_settings_name_the_attribute(kwargs, culprit):
   with pytest.raises(ValueError, match=culprit):
-    methods.count_params(lopt.LoPT2Prompt(mt.config(), **{"length": P, **kwargs}))
+    methods.count_params(lopt.LoPT2Prompt(mt.spec(mt.config()), **{"length": P, **kwargs}))
 
 
 def test_training_sharded_equals_unsharded(tmp_path):

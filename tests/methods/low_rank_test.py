@@ -14,7 +14,7 @@ P, RANK = 4, 2
 
 def test_param_count_is_b_times_p_plus_h():
   cfg = mt.config()
-  method = low_rank.LowRankPrompt(cfg, length=P, rank=RANK, init_mode="random")
+  method = low_rank.LowRankPrompt(mt.spec(cfg), length=P, rank=RANK, init_mode="random")
   assert methods.count_params(method) == RANK * (P + cfg.d_model)
   # DPT's Figure 1: T5-Large, P = 100, b = 10 -> 11,240 (vs 102,400).
   large = t5.get_config("large")
@@ -26,7 +26,7 @@ def test_svd_init_is_best_rank_b_approximation_of_the_initial_prompt():
   cfg = mt.config()
   _, params = mt.frozen(cfg)
   full = np.random.default_rng(0).normal(size=(P, cfg.d_model)).astype(np.float32)
-  method = low_rank.LowRankPrompt(cfg, length=P, rank=RANK,
+  method = low_rank.LowRankPrompt(mt.spec(cfg), length=P, rank=RANK,
                                   initializer=lambda rng, shape, ctx: full)
   trainables = mt.init(method, params)
   u, s, vt = np.linalg.svd(full, full_matrices=False)
@@ -41,13 +41,13 @@ def test_svd_init_is_best_rank_b_approximation_of_the_initial_prompt():
 
 
 def test_fold_gives_identical_outputs():
-  folded, _ = mt.check_fold(low_rank.LowRankPrompt(mt.config(), length=P, rank=RANK))
+  folded, _ = mt.check_fold(low_rank.LowRankPrompt(mt.spec(mt.config()), length=P, rank=RANK))
   assert isinstance(folded, prompt_tuning.SoftPrompt)
 
 
 def test_rank_above_min_dim_is_an_error():
   with pytest.raises(ValueError, match="rank=5 exceeds"):
-    methods.count_params(low_rank.LowRankPrompt(mt.config(), length=4, rank=5,
+    methods.count_params(low_rank.LowRankPrompt(mt.spec(mt.config()), length=4, rank=5,
                                                 init_mode="random"))
 
 

@@ -63,7 +63,7 @@ def test_registry_and_fold_dispatch():
   with pytest.raises(ValueError, match="already registered"):
     methods.register("ia3", ia3.IA3, "gin/methods/ia3.gin")
   params = {"x": np.ones(2)}
-  method = ia3.IA3(cfg)
+  method = ia3.IA3(mt.spec(cfg))
   assert methods.fold(method, params) == (method, params)  # no reparameterisation
   with pytest.raises(ValueError, match="_Sow is not a registered method"):
     methods.fold(_Sow(), params)
@@ -85,7 +85,7 @@ def test_aux_loss_and_empty_hooks_give_the_plain_backbone():
   cfg = mt.config()
   module, params = mt.frozen(cfg)
   batch = mt.make_batch(cfg.vocab_size)
-  model = seq2seq.PromptModel(module, _Sow())
+  model = seq2seq.Seq2SeqModel(module, _Sow())
   trainables = nn.meta.unbox(model.init_trainables(jax.random.key(0), mt.context(params)))
   (objective, metrics), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
       trainables, params, batch)
@@ -101,7 +101,7 @@ def test_aux_loss_and_empty_hooks_give_the_plain_backbone():
 
 def test_prompt_param_checks_the_initialiser_shape():
   cfg = mt.config()
-  bad = multitask.MultiTaskPrompt(cfg, num_tasks=2, length=2,
+  bad = multitask.MultiTaskPrompt(mt.spec(cfg), num_tasks=2, length=2,
                                   shared_initializer=lambda rng, shape, ctx: jnp.zeros(3))
   with pytest.raises(ValueError, match=r"'shared_prompt' returned shape \(3,\)"):
     methods.count_params(bad)

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from ptuning_jax import backbones
+from ptuning_jax import hooks as hooks_lib
 from ptuning_jax.training import checkpoints
 from ptuning_jax.backbones.hf import t5 as hf_t5
 from ptuning_jax import methods
@@ -40,6 +41,22 @@ partial = functools.partial
 def config(**overrides) -> t5.T5Config:
   """The odd tiny config (3 heads of 5, 2 + 3 layers)."""
   return testing.tiny_config(**overrides)
+
+
+_CONFIGS: dict = {}
+
+
+def spec(cfg: t5.T5Config = None) -> hooks_lib.HookSpec:
+  """The hook spec of a T5 config (default `config()`); `config_of` maps it
+  back."""
+  cfg = cfg if cfg is not None else config()
+  out = t5.hook_spec(cfg)
+  _CONFIGS[out] = cfg
+  return out
+
+
+def config_of(hook_spec: hooks_lib.HookSpec) -> t5.T5Config:
+  return _CONFIGS[hook_spec]
 
 
 def sharded_config() -> t5.T5Config:
@@ -110,21 +127,24 @@ def context(params, vocab=None) -> initializers.InitContext:
 
 
 def init(method, params, seed: int = 0):
-  """Unboxed numpy trainables of `method` for the backbone `params`."""
-  model = seq2seq.PromptModel(None, method)
+  """Unboxed numpy trainables of `method` (its own subtree) for the backbone
+  `params`."""
+  model = seq2seq.Seq2SeqModel(None, method)
   boxed = model.init_trainables(jax.random.key(seed), context(params))
-  return jax.tree_util.tree_map(np.asarray, nn.meta.unbox(boxed))
+  return jax.tree_util.tree_map(np.asarray, nn.meta.unbox(boxed))["method"]
 
 
 def loss(module, method, trainables, params, batch, **kw):
-  """(objective, metrics) of `PromptModel.loss_fn` (eager)."""
-  return seq2seq.PromptModel(module, method).loss_fn(trainables, params, batch, **kw)
+  """(objective, metrics) of `Seq2SeqModel.loss_fn` (eager) for the method's
+  parameters `trainables`."""
+  return seq2seq.Seq2SeqModel(module, method).loss_fn(
+      {"method": trainables}, params, batch, **kw)
 
 
 def check_fold(method, trainables=None, rtol: float = 0.0):
   """Folds `method` (on `config()`); the loss before and after must agree
   (bit for bit by default). Returns (folded method, folded params)."""
-  cfg = method.backbone_config
+  cfg = config_of(method.spec)
   module, params = frozen(cfg)
   batch = make_batch(cfg.vocab_size)
   trainables = init(method, params) if trainables is None else trainables
@@ -164,9 +184,9 @@ def _reference_steps(method_factory, data, optimizer, steps, extra_steps, seed):
   mesh = partitioning.make_mesh(1, 1, devices=jax.devices()[:1])
   rules = partitioning.standard_logical_axis_rules()
   module = t5.T5(cfg)
-  shardings = backbones.frozen_shardings(module, mesh, rules)
+  shardings = backbones.frozen_shardings(backbones.T5, module, mesh, rules)
   frozen_params = hf_t5.load_params(ckpt, cfg, mesh=mesh, rules=rules)
-  model = seq2seq.PromptModel(module, method_factory(backbone_config=cfg))
+  model = seq2seq.Seq2SeqModel(module, method_factory(spec=t5.hook_spec(cfg)))
   ctx = initializers.InitContext(
       embedding=np.asarray(frozen_params["token_embedder"]["embedding"]),
       vocab=data.vocab)
@@ -212,7 +232,7 @@ def check_training(tmp_path, method_factory, data=None, steps=2, extra_steps=4,
   exported = {f[:-len(".npy")]: np.load(os.path.join(npy_dir, f))
               for f in os.listdir(npy_dir)}
   expected = {optimizers.path_str(p, "."): np.asarray(x)
-              for p, x in jax.tree_util.tree_leaves_with_path(reference)}
+              for p, x in jax.tree_util.tree_leaves_with_path(reference["method"])}
   assert sorted(exported) == sorted(expected)
   for name, value in expected.items():
     np.testing.assert_allclose(exported[name], value, atol=atol, rtol=0, err_msg=name)

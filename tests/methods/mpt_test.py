@@ -27,7 +27,7 @@ K, P, R = 3, 4, 2
 
 
 def _method(cfg, **kw):
-  return mpt.MPT(cfg, **dict(dict(num_tasks=K, length=P, rank=R), **kw))
+  return mpt.MPT(mt.spec(cfg), **dict(dict(num_tasks=K, length=P, rank=R), **kw))
 
 
 @pytest.mark.parametrize("num_tasks,rank", [(1, 1), (K, 1), (K, R)])
@@ -135,7 +135,7 @@ def test_peft_safetensors_source_uses_the_first_p_rows(tmp_path):
              "prefix_task_rows": rng.normal(size=(K, 1, cfg.d_model))}
   path = str(tmp_path / "adapter_model.safetensors")
   save_file({k: v.astype(np.float32) for k, v in adapter.items()}, path)
-  tr = mt.init(mpt.MPT(cfg, length=P, init_mode="AVERAGE_SOURCE_TASKS", source=path),
+  tr = mt.init(mpt.MPT(mt.spec(cfg), length=P, init_mode="AVERAGE_SOURCE_TASKS", source=path),
                params)
   np.testing.assert_array_equal(tr["prompt"], adapter["prompt_embeddings"][:P]
                                 .astype(np.float32))
@@ -232,7 +232,7 @@ def _unsharded_distillation_steps(teacher_files, steps, extra_steps=4):
   rules = partitioning.standard_logical_axis_rules()
   module = t5.T5(cfg)
   frozen_params = hf_t5.load_params(ckpt, cfg, mesh=mesh, rules=rules)
-  method = mpt.MPT(cfg, num_tasks=len(teacher_files), length=P, factor_stddev=1.0)
+  method = mpt.MPT(mt.spec(cfg), num_tasks=len(teacher_files), length=P, factor_stddev=1.0)
   model = mpt_recipe.distillation_model(module, method, teacher_files=teacher_files)
   data = mt.task_index_data()
   tx = optimizers.build_optimizer(DRIVER_OPTIMIZER)
@@ -283,7 +283,7 @@ def test_stage_one_then_stage_two_drivers(tmp_path):
                           data=mt.smoke_data(), **common)
   assert two["trainable_params"] == mpt.num_params(h, P, 1)
   first = np.load(os.path.join(source, "prompt.npy"))
-  start = mt.init(mpt.MPT(mt.sharded_config(), length=P, source=source,
+  start = mt.init(mpt.MPT(mt.spec(mt.sharded_config()), length=P, source=source,
                           init_mode="AVERAGE_SOURCE_TASKS"),
                   mt.random_params(mt.sharded_config()))
   np.testing.assert_array_equal(start["prompt"], first)  # stage two starts from P*

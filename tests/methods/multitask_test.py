@@ -14,7 +14,7 @@ K, P, PT = 3, 2, 4
 def _method(cfg, **kw):
   kw = dict(dict(num_tasks=K, length=P, shared_initializer=initializers.normal(),
                  task_initializer=initializers.normal()), **kw)
-  return multitask.MultiTaskPrompt(cfg, **kw)
+  return multitask.MultiTaskPrompt(mt.spec(cfg), **kw)
 
 
 def test_param_counts():
@@ -57,7 +57,7 @@ def test_prompts_combine_shared_and_selected_task(combine):
 def test_add_starts_from_the_shared_prompt_by_default():
   cfg = mt.config()
   _, params = mt.frozen(cfg)
-  tr = mt.init(multitask.MultiTaskPrompt(cfg, num_tasks=K, length=P), params)
+  tr = mt.init(multitask.MultiTaskPrompt(mt.spec(cfg), num_tasks=K, length=P), params)
   np.testing.assert_array_equal(tr["task_prompts"], 0.0)
 
 

@@ -113,7 +113,7 @@ def _peft_loss_and_grad(model, batch):
 
 
 def _our_loss_and_grad(method, trainables, params, batch):
-  model = seq2seq.PromptModel(t5.T5(CONFIG), method)
+  model = seq2seq.Seq2SeqModel(t5.T5(CONFIG), method)
   grad_fn = jax.jit(jax.value_and_grad(lambda tr, b: model.loss_fn(tr, params, b)[0]))
   loss, grads = grad_fn(trainables, batch)
   return float(loss), jax.tree_util.tree_map(np.asarray, grads)
@@ -134,7 +134,7 @@ def test_prompt_tuning_matches_peft(checkpoint):
   batch = _batch()
   peft_loss, peft_grad = _peft_loss_and_grad(model, batch)
 
-  method = prompt_tuning.SoftPrompt(backbone_config=CONFIG, length=P,
+  method = prompt_tuning.SoftPrompt(spec=CONFIG, length=P,
                               initializer=initializers.normal())
   trainables = {"prompt": weight[:P].copy()}
   loss, grads = _our_loss_and_grad(method, trainables, params, batch)

@@ -18,7 +18,7 @@ P = 3
     (("encoder", "decoder_self"), 4)])
 def test_param_count_matches_formula(sites, hidden):
   cfg = mt.config()
-  method = prefix_tuning.PrefixTuning(cfg, length=P, sites=sites,
+  method = prefix_tuning.PrefixTuning(mt.spec(cfg), length=P, sites=sites,
                                       projection_hidden=hidden)
   count = methods.count_params(method)
   assert count == prefix_tuning.num_params(cfg, P, sites, hidden)
@@ -30,14 +30,14 @@ def test_param_count_matches_formula(sites, hidden):
 
 def test_base_count():
   cfg = t5.get_config("base")
-  method = prefix_tuning.PrefixTuning(cfg, length=100)
+  method = prefix_tuning.PrefixTuning(mt.spec(cfg), length=100)
   assert methods.count_params(method) == 2 * 12 * 100 * 12 * 64
 
 
 def test_hooks_shapes_and_layout():
   cfg = mt.config()
   _, params = mt.frozen(cfg)
-  method = prefix_tuning.PrefixTuning(cfg, length=P, sites=hooks_lib.KV_SITES)
+  method = prefix_tuning.PrefixTuning(mt.spec(cfg), length=P, sites=hooks_lib.KV_SITES)
   trainables = mt.init(method, params)
   hk = method.apply({"params": trainables}, 4)
   assert set(hk.kv_prefixes) == set(hooks_lib.KV_SITES)
@@ -58,7 +58,7 @@ def test_fold_gives_identical_outputs():
   cfg = mt.config()
   module, params = mt.frozen(cfg)
   batch = mt.make_batch(cfg.vocab_size)
-  method = prefix_tuning.PrefixTuning(cfg, length=P, sites=hooks_lib.KV_SITES,
+  method = prefix_tuning.PrefixTuning(mt.spec(cfg), length=P, sites=hooks_lib.KV_SITES,
                                       projection_hidden=6)
   trainables = mt.init(method, params)
   folded, folded_params = methods.fold(method, trainables)
@@ -78,7 +78,7 @@ def test_fold_gives_identical_outputs():
 def test_prefix_dropout():
   cfg = mt.config()
   _, params = mt.frozen(cfg)
-  method = prefix_tuning.PrefixTuning(cfg, length=P, dropout_rate=0.5)
+  method = prefix_tuning.PrefixTuning(mt.spec(cfg), length=P, dropout_rate=0.5)
   trainables = mt.init(method, params)
   kept = method.apply({"params": trainables}, 2, deterministic=True)
   np.testing.assert_array_equal(kept.kv_prefixes["encoder"].key[:, 0],
@@ -96,7 +96,7 @@ def test_prefix_dropout():
 def test_bad_site_is_an_error():
   cfg = mt.config()
   with pytest.raises(ValueError, match="sites='decoder'"):
-    methods.count_params(prefix_tuning.PrefixTuning(cfg, sites=("decoder",)))
+    methods.count_params(prefix_tuning.PrefixTuning(mt.spec(cfg), sites=("decoder",)))
 
 
 def test_training_sharded_equals_unsharded(tmp_path):

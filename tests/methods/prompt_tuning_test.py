@@ -129,7 +129,7 @@ def test_unknown_placement():
 
 def test_soft_prompt_module_hooks_and_axes(context):
   cfg = types.SimpleNamespace(d_model=H)
-  module = prompt_tuning.SoftPrompt(backbone_config=cfg, length=P, decoder_length=2,
+  module = prompt_tuning.SoftPrompt(spec=cfg, length=P, decoder_length=2,
                               initializer=initializers.sampled_vocab(50))
   variables = module.init(jax.random.key(0), 1, context)
   specs = nn.get_partition_spec(variables)["params"]

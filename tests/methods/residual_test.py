@@ -16,7 +16,7 @@ P, M = 3, 5
 def test_param_count_matches_formula(layer_norm):
   cfg = mt.config()
   h = cfg.d_model
-  method = residual.ResidualPrompt(cfg, length=P, bottleneck=M, layer_norm=layer_norm,
+  method = residual.ResidualPrompt(mt.spec(cfg), length=P, bottleneck=M, layer_norm=layer_norm,
                                    initializer=initializers.normal())
   expected = P * h + (h * M + M) + (M * h + h) + (2 * h if layer_norm else 0)
   assert methods.count_params(method) == expected == residual.num_params(h, P, M, layer_norm)
@@ -32,7 +32,7 @@ def test_large_count_matches_dpt_figure():
 def test_reparameterisation_formula():
   cfg = mt.config()
   _, params = mt.frozen(cfg)
-  method = residual.ResidualPrompt(cfg, length=P, bottleneck=M)
+  method = residual.ResidualPrompt(mt.spec(cfg), length=P, bottleneck=M)
   tr = mt.init(method, params)
   rng = np.random.default_rng(0)  # non-trivial LayerNorm parameters
   tr["mlp"]["layer_norm"] = {"scale": rng.normal(size=cfg.d_model).astype(np.float32),
@@ -50,7 +50,7 @@ def test_reparameterisation_formula():
 
 def test_fold_gives_identical_outputs():
   cfg = mt.config()
-  method = residual.ResidualPrompt(cfg, length=P, bottleneck=M, dropout_rate=0.3)
+  method = residual.ResidualPrompt(mt.spec(cfg), length=P, bottleneck=M, dropout_rate=0.3)
   folded, _ = mt.check_fold(method)
   assert isinstance(folded, prompt_tuning.SoftPrompt)
   assert methods.count_params(folded) == P * cfg.d_model

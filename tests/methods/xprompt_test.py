@@ -23,7 +23,7 @@ PIECE_MASK = ((1, 1, 1), (1, 1, 1), (0, 1, 0), (1, 1, 0))
 
 
 def _method(cfg, **kw):
-  return xprompt.XPrompt(cfg, **dict(dict(length=P, num_pieces=K,
+  return xprompt.XPrompt(mt.spec(cfg), **dict(dict(length=P, num_pieces=K,
                                           initializer=initializers.normal()), **kw))
 
 
@@ -75,7 +75,7 @@ def test_importance_scores_are_summed_per_example_sensitivities():
   module, params = mt.frozen(cfg)
   method = _method(cfg, token_mask=TOKEN_MASK)
   tr = mt.init(method, params)
-  model = seq2seq.PromptModel(module, method)
+  model = seq2seq.Seq2SeqModel(module, method)
   batch = mt.make_batch(cfg.vocab_size, batch=4)
   score = jax.jit(functools.partial(xprompt.score_fn, model))
   token, piece = jax.device_get(score(tr, params, batch))

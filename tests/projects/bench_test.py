@@ -295,7 +295,7 @@ def test_trainer_donates_the_state():
   rules = partitioning.standard_logical_axis_rules()
   frozen = testing.init_params(config)
   shardings = jax.tree_util.tree_map(lambda _: partitioning.replicated(mesh), frozen)
-  model = seq2seq.PromptModel(t5.T5(config), prompt_tuning.SoftPrompt(
+  model = seq2seq.Seq2SeqModel(t5.T5(config), prompt_tuning.SoftPrompt(
       config, length=3, initializer=initializers.normal()))
   tx = optimizers.build_optimizer(optimizers.OptimizerConfig())
   state = trainer_lib.create_train_state(
@@ -303,7 +303,7 @@ def test_trainer_donates_the_state():
   trainer = trainer_lib.Trainer(model, tx, mesh, rules, shardings)
   state = trainer.place_state(state)
   batch = trainer.place_batch(_token_batch(config, 2, 5, 3))
-  prompt, second_moment = state.params["prompt"], state.opt_state[0].v["prompt"]
+  prompt, second_moment = state.params["method"]["prompt"], state.opt_state[0].v["method"]["prompt"]
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     new_state, _ = trainer.train_step(state, frozen, batch)
@@ -326,7 +326,7 @@ def _token_batch(config, b, t, s, seed=0):
 
 
 def _prompt_setup(config, p=4):
-  model = seq2seq.PromptModel(t5.T5(config), prompt_tuning.SoftPrompt(
+  model = seq2seq.Seq2SeqModel(t5.T5(config), prompt_tuning.SoftPrompt(
       config, length=p, initializer=initializers.normal()))
   trainables = nn.meta.unbox(model.init_trainables(jax.random.key(1),
                                                    initializers.InitContext()))

@@ -93,8 +93,8 @@ def _batch(config, b, t, s, seed=0):
 
 
 def _prompt_model(config, p):
-  model = seq2seq.PromptModel(
-      t5.T5(config), prompt_tuning.SoftPrompt(config, length=p,
+  model = seq2seq.Seq2SeqModel(
+      t5.T5(config), prompt_tuning.SoftPrompt(t5.hook_spec(config), length=p,
                                         initializer=initializers.normal()))
   trainables = nn.meta.unbox(model.init_trainables(jax.random.key(1),
                                                    initializers.InitContext()))

@@ -36,9 +36,9 @@ def _setup(mesh_shape=(1, 1), microbatches=1, lr=0.3):
   mesh = partitioning.make_mesh(*mesh_shape, devices=devices)
   rules = partitioning.standard_logical_axis_rules()
   bb = backbones.load(backbones.BackboneSpec(config=config, seed=1), mesh, rules)
-  method = prompt_tuning.SoftPrompt(backbone_config=config, length=P,
+  method = prompt_tuning.SoftPrompt(spec=bb.spec, length=P,
                               initializer=initializers.sampled_vocab(50))
-  model = seq2seq.PromptModel(bb.module, method)
+  model = seq2seq.Seq2SeqModel(bb.module, method)
   context = initializers.InitContext(embedding=np.asarray(bb.embedding))
   tx = optimizers.build_optimizer(optimizers.OptimizerConfig(learning_rate=lr))
   state = trainer_lib.create_train_state(
@@ -60,14 +60,14 @@ def _run(trainer, state, frozen, steps, vocab_size):
 def test_only_trainables_change_and_loss_drops():
   config, bb, trainer, state = _setup()
   frozen_before = jax.device_get(bb.params)
-  prompt_before = np.asarray(state.params["prompt"])
+  prompt_before = np.asarray(state.params["method"]["prompt"])
   batch = trainer.place_batch(_batch(config.vocab_size))
   losses = []
   for _ in range(6):
     state, metrics = trainer.train_step(state, bb.params, batch)
     losses.append(float(metrics["loss"]))
   assert losses[-1] < losses[0]
-  assert not np.array_equal(np.asarray(state.params["prompt"]), prompt_before)
+  assert not np.array_equal(np.asarray(state.params["method"]["prompt"]), prompt_before)
   chex.assert_trees_all_equal(jax.device_get(bb.params), frozen_before)
   assert int(state.step) == 6
 
@@ -91,8 +91,8 @@ def test_sharded_step_equals_single_device(mesh_shape):
   _, bb8, t8, s8 = _setup(mesh_shape)
   s1, h1 = _run(t1, s1, bb1.params, 3, config.vocab_size)
   s8, h8 = _run(t8, s8, bb8.params, 3, config.vocab_size)
-  np.testing.assert_allclose(np.asarray(s8.params["prompt"]),
-                             np.asarray(s1.params["prompt"]), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(s8.params["method"]["prompt"]),
+                             np.asarray(s1.params["method"]["prompt"]), atol=1e-5, rtol=0)
   for a, b in zip(h1, h8):
     np.testing.assert_allclose(b["loss"], a["loss"], atol=1e-5, rtol=0)
 
@@ -110,8 +110,8 @@ def test_microbatches_equal_full_batch():
   s4, h4 = _run(t4, s4, bb.params, 2, config.vocab_size)
   np.testing.assert_allclose(h4[0]["loss"], h1[0]["loss"], atol=1e-5, rtol=0)
   np.testing.assert_allclose(h4[0]["grad_norm"], h1[0]["grad_norm"], atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(s4.params["prompt"]),
-                             np.asarray(s1.params["prompt"]), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(s4.params["method"]["prompt"]),
+                             np.asarray(s1.params["method"]["prompt"]), atol=1e-5, rtol=0)
 
 
 def test_microbatches_must_divide_batch():

@@ -81,10 +81,19 @@ def hf_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
 
 
 def read_json(path: str | os.PathLike) -> dict:
+  """A JSON object file; errors name the file (and line)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist.")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}.")
+  return value
 
 
 def int_field(hf: Mapping[str, Any], key: str, path: str, default=None) -> int:

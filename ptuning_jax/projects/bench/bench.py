@@ -270,9 +270,9 @@ def build(config: BenchConfig, abstract: bool = False) -> _Setup:
   else:
     bb = backbones.load(backbones.BackboneSpec(config=config.model_config,
                                                seed=config.seed), mesh, rules)
-  method = prompt_tuning.SoftPrompt(backbone_config=bb.config, length=config.prompt,
-                              initializer=initializers.random_uniform())
-  model = seq2seq.PromptModel(bb.module, method)
+  method = prompt_tuning.SoftPrompt(spec=bb.spec, length=config.prompt,
+                                    initializer=initializers.random_uniform())
+  model = seq2seq.Seq2SeqModel(bb.module, method)
   tx = optimizers.build_optimizer(optimizers.OptimizerConfig())  # Adafactor 0.3
   state = trainer_lib.create_train_state(
       model.init_trainables(jax.random.key(config.seed), initializers.InitContext()),
@@ -296,7 +296,7 @@ def build(config: BenchConfig, abstract: bool = False) -> _Setup:
 
 
 def weight_gradient_step(state: trainer_lib.TrainState, frozen, batch, *,
-                         model: seq2seq.PromptModel, tx):
+                         model: seq2seq.Seq2SeqModel, tx):
   """`trainer.train_step` that also differentiates every frozen weight.
 
   The `--weight_grads` counterfactual of the "no weight gradients" lever:
