@@ -7,8 +7,8 @@ per stack (bidirectional in the encoder, causal in the decoder) and shared by
 all its layers, a ReLU (original) or gated tanh-GELU (T5 1.1) MLP, and either
 a tied output head scaled by d_model**-0.5 (original T5) or a separate
 unscaled `lm_head` (T5 1.1, mT5); `T5Config` can also express the other two
-combinations that transformers 5 loads (tied unscaled, untied scaled). See `layers` for why Linen with logical
-partitioning.
+combinations that transformers 5 loads (tied unscaled, untied scaled). See
+`layers` for why Linen with logical partitioning.
 
 Parameter tree (`params[...]`):
   token_embedder/embedding [V, H]
@@ -160,7 +160,7 @@ class T5Config:
     if not isinstance(self.tie_word_embeddings, bool):
       raise ValueError("T5Config.tie_word_embeddings must be a bool, got "
                        f"{self.tie_word_embeddings!r}.")
-    if self.scale_decoder_outputs not in (None, True, False):
+    if not isinstance(self.scale_decoder_outputs, (bool, type(None))):
       raise ValueError("T5Config.scale_decoder_outputs must be None or a bool, got "
                        f"{self.scale_decoder_outputs!r}.")
     _check_choice("model_type", self.model_type, MODEL_TYPES)

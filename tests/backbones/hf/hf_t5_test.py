@@ -105,6 +105,8 @@ def test_t5_config_separates_tying_from_scaling():
     t5.T5Config(model_type="mt5", scale_decoder_outputs=True)
   with pytest.raises(ValueError, match="model_type='umt5'"):
     t5.T5Config(model_type="umt5")
+  with pytest.raises(ValueError, match="scale_decoder_outputs must be None or a bool"):
+    t5.T5Config(scale_decoder_outputs=1)
 
 
 @pytest.mark.parametrize("key,value,match", [
