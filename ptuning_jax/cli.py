@@ -9,6 +9,7 @@
   ptuning-jax inspect TASK [--split S] [-n N]
   ptuning-jax bench [...]                   # synthetic-batch benchmark
   ptuning-jax experiments --gin_file=...    # method x task x seed grid (BERT family)
+  ptuning-jax verify CHECKPOINT_DIR         # ours vs transformers on a Hugging Face checkpoint
 
 Every gin-driven command takes `--gin_file` (repeatable), `--gin.NAME=VALUE`
 bindings and `--gin_search_paths` (comma-separated). Kept thin: the work is in
@@ -106,8 +107,13 @@ def _experiments(argv):
   method_comparison.main(argv)
 
 
+def _verify(argv):
+  from ptuning_jax.backbones import verify
+  verify.main(argv)
+
+
 COMMANDS = {"tasks": _tasks, "inspect": _inspect, "demo": _demo, "bench": _bench,
-            "experiments": _experiments}
+            "experiments": _experiments, "verify": _verify}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -70,10 +70,13 @@ def _init_stddev(names: list[str], config: t5.T5Config) -> Optional[float]:
 
 
 def hf_config(config: t5.T5Config, scale: Optional[bool] = None):
-  """The equivalent `transformers.T5Config` (dropout as in `config`)."""
+  """The equivalent `transformers.T5Config` / `MT5Config` (dropout as in `config`)."""
   import transformers  # pylint: disable=g-import-not-at-top
-  scale = config.tie_word_embeddings if scale is None else scale
-  return transformers.T5Config(
+  scale = config.scales_outputs if scale is None else scale
+  mt5 = config.model_type == "mt5"
+  if mt5 and scale:
+    raise ValueError("transformers' mT5 never scales its decoder outputs.")
+  return (transformers.MT5Config if mt5 else transformers.T5Config)(
       vocab_size=config.vocab_size, d_model=config.d_model,
       num_heads=config.num_heads, d_kv=config.d_kv, d_ff=config.d_ff,
       num_layers=config.num_encoder_layers,
@@ -84,8 +87,8 @@ def hf_config(config: t5.T5Config, scale: Optional[bool] = None):
       layer_norm_epsilon=config.layer_norm_epsilon,
       pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id,
       decoder_start_token_id=config.decoder_start_token_id,
-      # transformers 5: this kwarg sets `scale_decoder_outputs`; weights
-      # are tied at construction regardless (untied below).
+      # transformers 5: for T5 this kwarg sets `scale_decoder_outputs` (mT5
+      # ignores it); weights are tied at construction regardless (untied below).
       tie_word_embeddings=scale)
 
 
@@ -93,8 +96,9 @@ def make_hf_model(config: t5.T5Config, seed: int = 0, tie: Optional[bool] = None
   """A random-weight `transformers.T5ForConditionalGeneration` in eval mode.
 
   Args:
-    config: the architecture; `config.tie_word_embeddings` decides the output
-      scaling (HF `scale_decoder_outputs`).
+    config: the architecture; `config.scales_outputs` decides the output
+      scaling (HF `scale_decoder_outputs`), `config.model_type` the class
+      (`T5ForConditionalGeneration` or `MT5ForConditionalGeneration`).
     seed: torch seed of the random weights.
     tie: whether `lm_head` shares the embedding's weights; default
       `config.tie_word_embeddings`. Untied heads get their own random
@@ -106,7 +110,9 @@ def make_hf_model(config: t5.T5Config, seed: int = 0, tie: Optional[bool] = None
   import transformers  # pylint: disable=g-import-not-at-top
   tie = config.tie_word_embeddings if tie is None else tie
   torch.manual_seed(seed)
-  model = transformers.T5ForConditionalGeneration(hf_config(config))
+  model_cls = (transformers.MT5ForConditionalGeneration if config.model_type == "mt5"
+               else transformers.T5ForConditionalGeneration)
+  model = model_cls(hf_config(config))
   generator = torch.Generator().manual_seed(seed + 1)
   with torch.no_grad():  # HF initialises layer norms to ones; randomise them
     for name, param in model.named_parameters():
@@ -134,9 +140,10 @@ def make_hf_t5(tmp_dir: str, config: t5.T5Config, seed: int = 0,
 
 
 def load_hf_model(path: str):
-  """`T5ForConditionalGeneration.from_pretrained(path)` in float32 eval mode."""
+  """`AutoModelForSeq2SeqLM.from_pretrained(path)` (the class of its
+  `model_type`: T5 or mT5) in float32 eval mode, local files only."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   transformers.logging.set_verbosity_error()
-  return transformers.T5ForConditionalGeneration.from_pretrained(
-      path, dtype=torch.float32).eval()
+  return transformers.AutoModelForSeq2SeqLM.from_pretrained(
+      path, dtype=torch.float32, local_files_only=True).eval()

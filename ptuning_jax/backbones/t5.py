@@ -6,8 +6,9 @@ attention score scaling, a bucketed relative position bias computed once
 per stack (bidirectional in the encoder, causal in the decoder) and shared by
 all its layers, a ReLU (original) or gated tanh-GELU (T5 1.1) MLP, and either
 a tied output head scaled by d_model**-0.5 (original T5) or a separate
-unscaled `lm_head` (T5 1.1). See `layers` for why Linen with logical
-partitioning.
+unscaled `lm_head` (T5 1.1, mT5); `T5Config` can also express the other two
+combinations that transformers 5 loads (tied unscaled, untied scaled). See
+`layers` for why Linen with logical partitioning.
 
 Parameter tree (`params[...]`):
   token_embedder/embedding [V, H]
@@ -60,6 +61,7 @@ Array = jax.Array
 NO_HOOKS = hooks_lib.NO_HOOKS
 
 FEED_FORWARDS = ("gated-gelu", "relu")
+MODEL_TYPES = ("t5", "mt5")
 # feed_forward -> (activation, gated) of `layers.MlpBlock`.
 FEED_FORWARD_ACTIVATIONS = {"gated-gelu": ("gelu_new", True), "relu": ("relu", False)}
 REMAT_POLICIES = layers.REMAT_POLICIES
@@ -83,9 +85,14 @@ class T5Config:
     relative_attention_max_distance: distances beyond share one bucket.
     feed_forward: "gated-gelu" (T5 1.1, mT5; tanh-approximate GELU as HF's
       "gelu_new") or "relu" (original T5).
-    tie_word_embeddings: True (original T5): the output head is the token
-      embedding and decoder outputs are scaled by d_model**-0.5 first. False
-      (T5 1.1, mT5): separate `logits_dense` head, no scaling.
+    tie_word_embeddings: True: the output head is the token embedding
+      (original T5; also T5 1.1 / mT5 as transformers 5 saves a model built
+      from a config). False: a separate `logits_dense` head (T5 1.1, mT5).
+    scale_decoder_outputs: decoder outputs are scaled by d_model**-0.5
+      before the head. None: transformers' default for `model_type`, i.e.
+      `tie_word_embeddings` for "t5" (original T5 tied and scaled, T5 1.1
+      untied and unscaled) and False for "mt5" (never scaled).
+    model_type: Hugging Face model type, "t5" or "mt5"; export writes it back.
     dropout_rate: dropout everywhere HF T5 has it.
     layer_norm_epsilon: RMS norm epsilon.
     dtype: activation (compute) dtype name.
@@ -108,6 +115,8 @@ class T5Config:
   relative_attention_max_distance: int = 128
   feed_forward: str = "gated-gelu"
   tie_word_embeddings: bool = False
+  scale_decoder_outputs: Optional[bool] = None
+  model_type: str = "t5"
   dropout_rate: float = 0.0
   layer_norm_epsilon: float = 1e-6
   dtype: str = "float32"
@@ -149,6 +158,20 @@ class T5Config:
     if not isinstance(self.tie_word_embeddings, bool):
       raise ValueError("T5Config.tie_word_embeddings must be a bool, got "
                        f"{self.tie_word_embeddings!r}.")
+    if not isinstance(self.scale_decoder_outputs, (bool, type(None))):
+      raise ValueError("T5Config.scale_decoder_outputs must be None or a bool, got "
+                       f"{self.scale_decoder_outputs!r}.")
+    _check_choice("model_type", self.model_type, MODEL_TYPES)
+    if self.model_type == "mt5" and self.scale_decoder_outputs:
+      raise ValueError("T5Config.scale_decoder_outputs=True with model_type='mt5': "
+                       "transformers' MT5ForConditionalGeneration never scales.")
+
+  @property
+  def scales_outputs(self) -> bool:
+    """Whether decoder outputs are scaled by d_model**-0.5 before the head."""
+    if self.scale_decoder_outputs is not None:
+      return self.scale_decoder_outputs
+    return self.tie_word_embeddings and self.model_type == "t5"
 
   @property
   def compute_dtype(self):
@@ -214,7 +237,8 @@ def get_config(name: str, **overrides) -> T5Config:
 
 def mt5_config(size: str, **overrides) -> T5Config:
   """mT5 preset: T5 1.1 dims with the 250112-entry vocabulary."""
-  return get_config(size, **{"vocab_size": MT5_VOCAB_SIZE, **overrides})
+  return get_config(size, **{"vocab_size": MT5_VOCAB_SIZE, "model_type": "mt5",
+                             **overrides})
 
 
 def original_t5_config(size: str, **overrides) -> T5Config:
@@ -581,8 +605,10 @@ class T5(nn.Module):
     h = self.decoder(y, encoded, encoder_mask.astype(bool), stack, deterministic,
                      decode)
     h = h[:, prefix_len:]  # [B, S, H]
+    if cfg.scales_outputs:
+      h = h * (cfg.d_model ** -0.5)
     if cfg.tie_word_embeddings:
-      logits = self.token_embedder.attend(h * (cfg.d_model ** -0.5))
+      logits = self.token_embedder.attend(h)
     else:
       logits = self.logits_dense(h)
     logits = layers.constrain(logits.astype(jnp.float32), layers.BATCH_LENGTH_VOCAB)

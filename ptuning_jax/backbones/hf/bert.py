@@ -349,6 +349,21 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, mesh=None, rules=None,
   return config, load_params(ckpt_dir, config, mesh=mesh, rules=rules)
 
 
+def backbone_prefix(ckpt_dir: str | os.PathLike) -> str:
+  """The backbone tensor prefix ("bert.", "roberta." or "") of a checkpoint."""
+  return _prefix(hf_tensors.tensor_names(ckpt_dir), os.fspath(ckpt_dir))
+
+
+def stored_tensor_maps(ckpt_dir: str | os.PathLike,
+                       config: bert.BertConfig) -> list[TensorMap]:
+  """`tensor_maps` under the names this checkpoint stores (backbone prefix,
+  MLM head layout, legacy LayerNorm names), as `load_params` reads them."""
+  names = hf_tensors.tensor_names(ckpt_dir)
+  maps = tensor_maps(config, _prefix(names, os.fspath(ckpt_dir)),
+                     _mlm_layout(names) or "bert")
+  return _resolve_names(maps, names)
+
+
 # ------------------------------ packaged weights ------------------------------
 
 

@@ -24,14 +24,37 @@ any difference raises `CheckpointMismatchError`. HF's unused
 `decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight`
 (present in some old checkpoints; HF ignores it on load) is ignored too.
 
-Scaling vs tying. transformers 5 splits HF's `tie_word_embeddings` into
-weight tying and `scale_decoder_outputs` (default: `tie_word_embeddings`,
-default True). Our `T5Config.tie_word_embeddings` means "tied head, scaled"
-(original T5) or "separate head, unscaled" (T5 1.1). An unscaled checkpoint
-that declares tying and has no `lm_head.weight` (what transformers 5 writes
-for a T5 1.1-style model built from a config) gets `logits_dense` as a copy of
-the embedding, which computes the same function. A scaled checkpoint with a
-different `lm_head.weight` is not representable and raises.
+Tying and scaling (transformers 5.25, which this loader follows exactly).
+Two independent questions:
+  * Is the output head the embedding? transformers 5 forces
+    `config.tie_word_embeddings = True` for T5 and mT5 alike, so `lm_head`
+    is tied to `shared` on load unless the checkpoint stores an
+    `lm_head.weight` that differs from it (then untied, with a warning). A
+    model built from a config is tied, and `save_pretrained` then writes no
+    `lm_head.weight` and `tie_word_embeddings: true`. Here: tied iff
+    `lm_head.weight` is absent or equal to the embedding. A checkpoint
+    declaring `tie_word_embeddings: false` without `lm_head.weight` is refused
+    (transformers 4 initialises that head randomly, 5 ties it).
+  * Are decoder outputs scaled by d_model**-0.5? `model_type: "t5"`: the
+    `scale_decoder_outputs` key if present, else `tie_word_embeddings` (a
+    missing key counts as true); `T5Config` writes `scale_decoder_outputs`
+    on save. `model_type: "mt5"`: never (`MT5ForConditionalGeneration` has
+    no scaling; a `scale_decoder_outputs` key is ignored, with a warning).
+So the layouts in use map to `T5Config` as follows (tie, scaled):
+  original T5 (t5, tie absent/true, no or equal lm_head)     True,  True
+  T5 1.1 on the hub (t5, tie false, lm_head)                 False, False
+  T5 1.1 built from a config by transformers 5 (t5, tie true,
+    scale false, no lm_head)                                 True,  False
+  T5 1.1 hub checkpoint re-saved by transformers 5 (t5, tie
+    true, scale false, lm_head)                              False, False
+  mT5 on the hub (mt5, tie false, lm_head)                   False, False
+  mT5 built from a config by transformers 5 (mt5, tie true,
+    no lm_head, no scale key)                                True,  False
+  mT5 hub checkpoint re-saved by transformers 5 (mt5, tie
+    true, lm_head)                                           False, False
+Export writes `model_type` back ("mt5" stays "mt5"), `lm_head.weight` only
+for an untied head, and `tie_word_embeddings` (+ `scale_decoder_outputs`
+for "t5"), so every layout round-trips to the same `T5Config` and tensors.
 
 Loading streams tensor by tensor with `safetensors.safe_open` (numpy; bf16
 via ml_dtypes) and places each directly into its target sharding, so the host
@@ -124,33 +147,22 @@ def _layer_maps(config: t5.T5Config, stack: str, i: int) -> list[TensorMap]:
 
 
 def load_config(ckpt_dir: str) -> t5.T5Config:
-  """Maps an HF T5 / mT5 `config.json` onto `T5Config`.
+  """Maps an HF T5 / mT5 checkpoint (`config.json`, and the `lm_head.weight`
+  tensor if any) onto `T5Config`, as transformers 5 reads it (module docstring).
 
   Raises:
     ValueError: a value this implementation does not support (model type,
-      activation, a decoder-only config, a scaled head with untied weights
-      declared in the config), naming the file and key.
+      activation, a decoder-only config), naming the file and key.
+    FileNotFoundError: no config.json or no weights.
   """
   path = os.path.join(ckpt_dir, CONFIG_NAME)
   hf = hf_tensors.read_json(path)
-  if hf.get("model_type") not in ("t5", "mt5"):
-    raise ValueError(f"{path}: model_type={hf.get('model_type')!r} is not supported "
-                     "(expected 't5' or 'mt5').")
-  for key, expected in (("is_decoder", False), ("is_encoder_decoder", True)):
-    if key in hf and hf[key] != expected:
-      raise ValueError(f"{path}: {key}={hf[key]!r} is not supported (need {expected}).")
-  proj = hf.get("feed_forward_proj", "relu")
-  if proj not in FEED_FORWARD_PROJ:
-    raise ValueError(f"{path}: feed_forward_proj={proj!r} is not supported; "
-                     f"expected one of {sorted(FEED_FORWARD_PROJ)}.")
-  act = hf.get("dense_act_fn")
-  if act is not None and act != DENSE_ACT_FN[proj] and not (
-      proj == "gated-gelu" and act == "gelu"):  # HF maps gated-gelu to gelu_new
-    raise ValueError(f"{path}: dense_act_fn={act!r} contradicts feed_forward_proj="
-                     f"{proj!r} (HF uses {DENSE_ACT_FN[proj]!r}).")
+  model_type, proj = _check_supported(hf, path)
   num_layers = hf_tensors.int_field(hf, "num_layers", path)
   decoder_layers = hf.get("num_decoder_layers")
   pad = hf_tensors.int_field(hf, "pad_token_id", path, 0)
+  scale = _scales_decoder_outputs(hf, model_type, path)
+  tie = _head_is_tied(ckpt_dir, hf)
   return t5.T5Config(
       vocab_size=hf_tensors.int_field(hf, "vocab_size", path),
       d_model=hf_tensors.int_field(hf, "d_model", path),
@@ -165,7 +177,10 @@ def load_config(ckpt_dir: str) -> t5.T5Config:
       relative_attention_max_distance=hf_tensors.int_field(
           hf, "relative_attention_max_distance", path, 128),
       feed_forward=FEED_FORWARD_PROJ[proj],
-      tie_word_embeddings=_scales_decoder_outputs(hf, path),
+      tie_word_embeddings=tie,
+      # None (the default for model_type and tie) keeps configs comparable.
+      scale_decoder_outputs=None if scale == (tie and model_type == "t5") else scale,
+      model_type=model_type,
       dropout_rate=float(hf.get("dropout_rate", 0.1)),
       layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
       pad_token_id=pad,
@@ -174,27 +189,67 @@ def load_config(ckpt_dir: str) -> t5.T5Config:
   )
 
 
-def _scales_decoder_outputs(hf: Mapping[str, Any], path: str) -> bool:
-  """HF semantics: `scale_decoder_outputs`, else `tie_word_embeddings`, else True."""
-  tie = hf.get("tie_word_embeddings", True)
-  scale = hf.get("scale_decoder_outputs", tie)
-  if not isinstance(scale, bool) or not isinstance(tie, bool):
-    raise ValueError(f"{path}: tie_word_embeddings / scale_decoder_outputs must be bools.")
-  return scale
+def _check_supported(hf: Mapping[str, Any], path: str) -> tuple[str, str]:
+  """Validates the keys we cannot express; returns (model_type, feed_forward_proj)."""
+  model_type = hf.get("model_type")
+  if model_type not in t5.MODEL_TYPES:
+    raise ValueError(f"{path}: model_type={model_type!r} is not supported "
+                     "(expected 't5' or 'mt5').")
+  for key, expected in (("is_decoder", False), ("is_encoder_decoder", True)):
+    if key in hf and hf[key] != expected:
+      raise ValueError(f"{path}: {key}={hf[key]!r} is not supported (need {expected}).")
+  proj = hf.get("feed_forward_proj", "gated-gelu" if model_type == "mt5" else "relu")
+  if proj not in FEED_FORWARD_PROJ:
+    raise ValueError(f"{path}: feed_forward_proj={proj!r} is not supported; "
+                     f"expected one of {sorted(FEED_FORWARD_PROJ)}.")
+  act = hf.get("dense_act_fn")
+  if act is not None and act != DENSE_ACT_FN[proj] and not (
+      proj == "gated-gelu" and act == "gelu"):  # HF maps gated-gelu to gelu_new
+    raise ValueError(f"{path}: dense_act_fn={act!r} contradicts feed_forward_proj="
+                     f"{proj!r} (HF uses {DENSE_ACT_FN[proj]!r}).")
+  return model_type, proj
 
 
-def _declares_tied_head(ckpt_dir: str) -> bool:
-  path = os.path.join(ckpt_dir, CONFIG_NAME)
-  if not os.path.exists(path):
+def _scales_decoder_outputs(hf: Mapping[str, Any], model_type: str, path: str) -> bool:
+  """transformers 5: t5 `scale_decoder_outputs`, else `tie_word_embeddings is
+  not False`; mt5 never."""
+  tie = hf.get("tie_word_embeddings")
+  scale = hf.get("scale_decoder_outputs")
+  for key, value in (("tie_word_embeddings", tie), ("scale_decoder_outputs", scale)):
+    if value is not None and not isinstance(value, bool):
+      raise ValueError(f"{path}: {key}={value!r} must be a bool.")
+  if model_type == "mt5":
+    if scale:
+      logging.warning("%s: scale_decoder_outputs=true is ignored for model_type "
+                      "'mt5', as transformers' MT5ForConditionalGeneration does.", path)
     return False
-  return bool(hf_tensors.read_json(path).get("tie_word_embeddings", True))
+  return tie is not False if scale is None else scale
+
+
+def _declares_tied_head(hf: Mapping[str, Any]) -> bool:
+  return hf.get("tie_word_embeddings") is not False
+
+
+def _head_is_tied(ckpt_dir: str, hf: Mapping[str, Any]) -> bool:
+  """No `lm_head.weight` and tying declared, or one equal to the embedding."""
+  with contextlib.ExitStack() as stack:
+    source = hf_tensors.TensorSource(ckpt_dir, stack)
+    names = source.names()
+    if "lm_head.weight" not in names:
+      return _declares_tied_head(hf)
+    embedding = next((n for n in EMBED_ALIASES if n in names), None)
+    return embedding is not None and source.equal("lm_head.weight", embedding)
 
 
 def hf_config_dict(config: t5.T5Config) -> dict:
-  """`config.json` contents for `config` (readable by transformers 4 and 5)."""
-  return {
-      "architectures": ["T5ForConditionalGeneration"],
-      "model_type": "t5",
+  """`config.json` contents for `config`, read back by transformers 5 (and by
+  `load_config`) as the same model. transformers 4 reads T5 scaling from
+  `tie_word_embeddings` alone, so it agrees only for tied-and-scaled and
+  untied-and-unscaled models (original T5, T5 1.1, hub mT5)."""
+  mt5 = config.model_type == "mt5"
+  out = {
+      "architectures": ["MT5ForConditionalGeneration" if mt5 else "T5ForConditionalGeneration"],
+      "model_type": config.model_type,
       "vocab_size": config.vocab_size,
       "d_model": config.d_model,
       "num_heads": config.num_heads,
@@ -208,7 +263,6 @@ def hf_config_dict(config: t5.T5Config) -> dict:
       "dense_act_fn": DENSE_ACT_FN[config.feed_forward],
       "is_gated_act": config.feed_forward == "gated-gelu",
       "tie_word_embeddings": config.tie_word_embeddings,
-      "scale_decoder_outputs": config.tie_word_embeddings,
       "dropout_rate": config.dropout_rate,
       "layer_norm_epsilon": config.layer_norm_epsilon,
       "initializer_factor": 1.0,
@@ -219,6 +273,9 @@ def hf_config_dict(config: t5.T5Config) -> dict:
       "decoder_start_token_id": config.decoder_start_token_id,
       "dtype": config.param_dtype,
   }
+  if not mt5:  # MT5Config has no such key (T5Config guarantees mT5 is unscaled)
+    out["scale_decoder_outputs"] = config.scales_outputs
+  return out
 
 
 # -------------------------------- tensors -----------------------------------
@@ -246,7 +303,9 @@ def _check_tensors(source: hf_tensors.TensorSource, maps: list[TensorMap], abstr
   embed_shape = expected["shared.weight"]
   head_source = None
   if not config.tie_word_embeddings and "lm_head.weight" not in present:
-    if _declares_tied_head(ckpt_dir):
+    config_path = os.path.join(ckpt_dir, CONFIG_NAME)
+    if (os.path.exists(config_path)
+        and _declares_tied_head(hf_tensors.read_json(config_path))):
       head_source = "embedding"  # HF ties lm_head to shared here; same function.
       del expected["lm_head.weight"]
   optional = list(EMBED_ALIASES[1:])  # tied aliases of shared.weight
@@ -281,8 +340,9 @@ def _embedding(source: hf_tensors.TensorSource, config: t5.T5Config, ckpt_dir: s
   table = source.get(names[0])
   for name in names[1:]:
     if not np.array_equal(source.get(name), table):
-      what = ("an untied lm_head with a scaled (original T5) config is not supported"
-              if name == "lm_head.weight" else "tied aliases must be identical")
+      what = ("the config ties the output head to the embedding "
+              "(tie_word_embeddings=True), but load_config reads this checkpoint "
+              "as untied" if name == "lm_head.weight" else "tied aliases must be identical")
       raise CheckpointMismatchError(
           f"Checkpoint {ckpt_dir}: {name} differs from {names[0]}; {what}.")
   return table

@@ -157,6 +157,20 @@ class TensorSource:
   def get(self, name: str) -> np.ndarray:
     return self._where[name].get_tensor(name)
 
+  def equal(self, a: str, b: str, chunk_bytes: int = 1 << 26) -> bool:
+    """Whether tensors `a` and `b` hold equal values (same shape and dtype),
+    read in row chunks of about `chunk_bytes` that stop at the first difference."""
+    sa, sb = self._where[a].get_slice(a), self._where[b].get_slice(b)
+    shape = tuple(sa.get_shape())
+    if shape != tuple(sb.get_shape()) or sa.get_dtype() != sb.get_dtype():
+      return False
+    if not shape or not shape[0]:
+      return bool(np.array_equal(self.get(a), self.get(b)))
+    rows = shape[0]
+    step = max(1, chunk_bytes // max(1, sa[0:1].nbytes))
+    return all(np.array_equal(sa[i:min(i + step, rows)], sb[i:min(i + step, rows)])
+               for i in range(0, rows, step))
+
 
 def tensor_names(ckpt_dir: str | os.PathLike) -> set[str]:
   """Every tensor name of a checkpoint directory."""

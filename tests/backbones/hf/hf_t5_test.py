@@ -66,18 +66,47 @@ def test_load_config_maps_hf_fields(ckpts):
     assert config == dataclasses.replace(want, dropout_rate=config.dropout_rate)
 
 
-@pytest.mark.parametrize("extra,scaled", [
-    ({}, True),  # transformers 4 default: tied and scaled
-    ({"tie_word_embeddings": False}, False),  # hub T5 1.1 configs
-    ({"tie_word_embeddings": True, "scale_decoder_outputs": False}, False),  # transformers 5
-    ({"tie_word_embeddings": False, "scale_decoder_outputs": True}, True)])
-def test_load_config_scaling_follows_hf(tmp_path, ckpts, extra, scaled):
+@pytest.mark.parametrize("model_type,extra,scaled", [
+    ("t5", {}, True),  # transformers 4 default: tied and scaled
+    ("t5", {"tie_word_embeddings": False}, False),  # hub T5 1.1 configs
+    ("t5", {"tie_word_embeddings": True, "scale_decoder_outputs": False}, False),  # 5
+    ("t5", {"tie_word_embeddings": False, "scale_decoder_outputs": True}, True),
+    ("mt5", {}, False),  # MT5ForConditionalGeneration never scales
+    ("mt5", {"tie_word_embeddings": False}, False),  # hub mT5 configs
+    ("mt5", {"tie_word_embeddings": True}, False)])  # mT5 saved by transformers 5
+def test_load_config_scaling_follows_hf(tmp_path, ckpts, model_type, extra, scaled):
   base = {k: v for k, v in _config_json(ckpts["t5_1_1"]).items()
           if k not in ("tie_word_embeddings", "scale_decoder_outputs")}
-  _write(tmp_path, {}, {**base, **extra})
-  assert hf_t5.load_config(str(tmp_path)).tie_word_embeddings == scaled
+  _write(tmp_path, {}, {**base, **extra, "model_type": model_type})
+  config = hf_t5.load_config(str(tmp_path))
+  assert config.scales_outputs == scaled and config.model_type == model_type
   transformers = pytest.importorskip("transformers")
-  assert transformers.T5Config.from_dict({**base, **extra}).scale_decoder_outputs == scaled
+  if model_type == "t5":
+    assert transformers.T5Config.from_dict({**base, **extra}).scale_decoder_outputs == scaled
+
+
+def test_mt5_ignores_a_scale_key_as_transformers_does(tmp_path, ckpts, caplog):
+  base = _config_json(ckpts["t5_1_1"])
+  _write(tmp_path, {}, {**base, "model_type": "mt5", "scale_decoder_outputs": True})
+  assert not hf_t5.load_config(str(tmp_path)).scales_outputs
+  assert "scale_decoder_outputs=true is ignored" in caplog.text
+
+
+def test_t5_config_separates_tying_from_scaling():
+  table = {(tie, model_type): t5.T5Config(tie_word_embeddings=tie, model_type=model_type
+                                          ).scales_outputs
+           for tie in (True, False) for model_type in ("t5", "mt5")}
+  assert table == {(True, "t5"): True, (False, "t5"): False,
+                   (True, "mt5"): False, (False, "mt5"): False}
+  assert t5.T5Config(scale_decoder_outputs=True).scales_outputs
+  assert not t5.T5Config(tie_word_embeddings=True, scale_decoder_outputs=False).scales_outputs
+  assert t5.mt5_config("small").model_type == "mt5"
+  with pytest.raises(ValueError, match="MT5ForConditionalGeneration never scales"):
+    t5.T5Config(model_type="mt5", scale_decoder_outputs=True)
+  with pytest.raises(ValueError, match="model_type='umt5'"):
+    t5.T5Config(model_type="umt5")
+  with pytest.raises(ValueError, match="scale_decoder_outputs must be None or a bool"):
+    t5.T5Config(scale_decoder_outputs=1)
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -165,42 +194,39 @@ def test_tied_embedding_aliases(tmp_path, ckpts):
   only_alias = {k: v for k, v in same.items() if k != "shared.weight"}
   _, got = hf_t5.load_checkpoint(_write(tmp_path / "alias", only_alias, cfg_json))
   _assert_trees_equal(got, want)
-  for name in ("decoder.embed_tokens.weight", "lm_head.weight"):
-    differ = dict(same)
-    differ[name] = same[name] + 1.0
-    with pytest.raises(hf_t5.CheckpointMismatchError, match=f"{name} differs"):
-      hf_t5.load_params(_write(tmp_path / name, differ, cfg_json))
-
-
-def test_scaled_checkpoint_with_untied_head_is_rejected(tmp_path):
-  path = testing.make_hf_t5(tmp_path, ORIGINAL, seed=3, tie=False)
-  assert hf_t5.load_config(path).tie_word_embeddings
+  differ = {**same, "decoder.embed_tokens.weight": same["shared.weight"] + 1.0}
   with pytest.raises(hf_t5.CheckpointMismatchError,
-                     match="lm_head.weight differs from shared.weight; an untied lm_head"):
-    hf_t5.load_params(path)
+                     match="decoder.embed_tokens.weight differs.*must be identical"):
+    hf_t5.load_params(_write(tmp_path / "embed", differ, cfg_json))
+  # A different lm_head is a separate head (as transformers 5 unties it); a
+  # config that says tied cannot take it.
+  path = _write(tmp_path / "head", {**same, "lm_head.weight": same["shared.weight"] + 1.0},
+                cfg_json)
+  assert not hf_t5.load_config(path).tie_word_embeddings
+  with pytest.raises(hf_t5.CheckpointMismatchError,
+                     match="lm_head.weight differs from shared.weight; the config ties"):
+    hf_t5.load_params(path, ORIGINAL)
 
 
-def test_unscaled_checkpoint_with_tied_head_copies_the_embedding(tmp_path):
-  # What transformers 5 writes for T5Config(tie_word_embeddings=False).
+def test_untied_config_on_a_tied_checkpoint_copies_the_embedding(tmp_path):
+  # What a gin run does: T5 1.1 config (untied) + a transformers-5 checkpoint
+  # of the same model built from a config (tied, no lm_head.weight).
   config = testing.tiny_config()
   path = testing.make_hf_t5(tmp_path, config, seed=4, tie=True)
   assert "lm_head.weight" not in _tensors(path)
-  loaded, params = hf_t5.load_checkpoint(path)
-  assert not loaded.tie_word_embeddings
+  assert hf_t5.load_config(path) == dataclasses.replace(
+      config, tie_word_embeddings=True, scale_decoder_outputs=False)
+  params = hf_t5.load_params(path, config)
   np.testing.assert_array_equal(params["logits_dense"]["kernel"],
                                 params["token_embedder"]["embedding"].T)
-  hf = testing.load_hf_model(path)
-  torch = pytest.importorskip("torch")
-  enc = np.array([[5, 6, 7, 1], [8, 1, 0, 0]])
-  dec = np.array([[0, 3, 4], [0, 5, 9]])
-  with torch.no_grad():
-    want = hf(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc != 0).long(),
-              decoder_input_ids=torch.tensor(dec)).logits.numpy()
-  got = t5.T5(loaded).apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec))
-  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+  enc, dec = _batch()
+  np.testing.assert_allclose(_ours(config, params, enc, dec),
+                             _transformers(testing.load_hf_model(path), enc, dec),
+                             rtol=1e-4, atol=1e-4)
   # Declared untied but missing: an error.
   cfg_json = {**_config_json(path), "tie_word_embeddings": False}
   bare = _write(tmp_path / "bare", _tensors(path), cfg_json)
+  assert not hf_t5.load_config(bare).tie_word_embeddings
   with pytest.raises(hf_t5.CheckpointMismatchError, match="missing lm_head.weight"):
     hf_t5.load_params(bare)
 
@@ -215,29 +241,112 @@ def test_missing_files_are_named(tmp_path, ckpts):
 # ------------------------------------------------------------ round trip ----
 
 
-@pytest.mark.parametrize("name", ["t5_1_1", "original"])
-def test_round_trip_is_bit_identical_and_readable_by_transformers(tmp_path, ckpts, name):
-  config, params = hf_t5.load_checkpoint(ckpts[name])
+def _batch():
+  enc = np.array([[5, 6, 7, 1], [8, 1, 0, 0]])
+  dec = np.array([[0, 3, 4], [0, 5, 9]])
+  return enc, dec
+
+
+def _ours(config, params, enc, dec):
+  return np.asarray(t5.T5(config).apply({"params": params}, jnp.asarray(enc),
+                                        jnp.asarray(dec)))
+
+
+def _transformers(model, enc, dec):
+  torch = pytest.importorskip("torch")
+  enc, dec = torch.tensor(enc), torch.tensor(dec)
+  with torch.no_grad():
+    return model(input_ids=enc, attention_mask=(enc != 0).long(),
+                 decoder_input_ids=dec).logits.numpy()
+
+
+def _resave(src, dst):
+  """What transformers 5 writes when it loads `src` and saves it again."""
+  testing.load_hf_model(src).save_pretrained(dst)
+  return str(dst)
+
+
+# name -> (tie_word_embeddings, scales_outputs, model_type) as transformers 5
+# loads it.
+LAYOUTS = {
+    "original": (True, True, "t5"),
+    "original_untied_head": (False, True, "t5"),
+    "t5_1_1_hub": (False, False, "t5"),
+    "t5_1_1_from_config": (True, False, "t5"),
+    "t5_1_1_hub_resaved": (False, False, "t5"),
+    "mt5_hub": (False, False, "mt5"),
+    "mt5_from_config": (True, False, "mt5"),
+    "mt5_hub_resaved": (False, False, "mt5"),
+}
+# name -> config.json's (tie_word_embeddings, scale_decoder_outputs or None if
+# absent): what defines each layout besides whether lm_head.weight is stored.
+CONFIG_KEYS = {
+    "original": (True, True),
+    "original_untied_head": (False, True),
+    "t5_1_1_hub": (False, False),
+    "t5_1_1_from_config": (True, False),
+    "t5_1_1_hub_resaved": (True, False),
+    "mt5_hub": (False, None),
+    "mt5_from_config": (True, None),
+    "mt5_hub_resaved": (True, None),
+}
+MT5 = t5.mt5_config("tiny", vocab_size=61, d_model=10, num_heads=2, d_kv=3, d_ff=14,
+                    num_encoder_layers=2, num_decoder_layers=1,
+                    relative_attention_num_buckets=6, relative_attention_max_distance=11)
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory, ckpts):
+  """name -> checkpoint dir of every T5 / mT5 layout in use (LAYOUTS)."""
+  root = tmp_path_factory.mktemp("layouts")
+  out = {"original": ckpts["original"], "t5_1_1_hub": ckpts["t5_1_1"],
+         "original_untied_head": testing.make_hf_t5(root / "ou", ORIGINAL, seed=3, tie=False),
+         "t5_1_1_from_config": testing.make_hf_t5(root / "tc", testing.tiny_config(),
+                                                  seed=4, tie=True),
+         "mt5_hub": testing.make_hf_t5(root / "mh", MT5, seed=6, tie=False),
+         "mt5_from_config": testing.make_hf_t5(root / "mc", MT5, seed=7, tie=True)}
+  out["t5_1_1_hub_resaved"] = _resave(out["t5_1_1_hub"], root / "tr")
+  out["mt5_hub_resaved"] = _resave(out["mt5_hub"], root / "mr")
+  return out
+
+
+def _assert_layout(name, path):
+  """The config.json keys and lm_head presence that define layout `name`."""
+  cfg = _config_json(path)
+  assert cfg["model_type"] == LAYOUTS[name][2]
+  assert (cfg["tie_word_embeddings"], cfg.get("scale_decoder_outputs")) == CONFIG_KEYS[name]
+  assert ("lm_head.weight" in _tensors(path)) == (not LAYOUTS[name][0])
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_every_layout_loads_matches_transformers_and_round_trips(tmp_path, layouts, name):
+  path = layouts[name]
+  _assert_layout(name, path)
+  config, params = hf_t5.load_checkpoint(path)
+  assert (config.tie_word_embeddings, config.scales_outputs,
+          config.model_type) == LAYOUTS[name]
+  enc, dec = _batch()
+  hf = testing.load_hf_model(path)
+  assert type(hf).__name__ == {"t5": "T5", "mt5": "MT5"}[config.model_type] + (
+      "ForConditionalGeneration")
+  want = _transformers(hf, enc, dec)
+  np.testing.assert_allclose(_ours(config, params, enc, dec), want, rtol=1e-4, atol=1e-4)
+  # Export keeps the model type and every tensor, bit for bit.
   out = str(tmp_path / "export")
   hf_t5.save_checkpoint(params, config, out)
   assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+  exported = _config_json(out)
+  assert exported["model_type"] == config.model_type
+  assert exported["architectures"] == [type(hf).__name__]
   config2, params2 = hf_t5.load_checkpoint(out)
   assert config2 == config
   _assert_trees_equal(params2, params)
-  original = _tensors(ckpts[name])
-  exported = _tensors(out)
-  assert set(exported) == set(original)
+  original, written = _tensors(path), _tensors(out)
+  assert set(written) == set(original)
   for key, value in original.items():
-    np.testing.assert_array_equal(exported[key], value, err_msg=key)
-  # transformers reads the export and computes the same function.
-  torch = pytest.importorskip("torch")
-  enc = torch.tensor([[5, 6, 7, 1], [8, 1, 0, 0]])
-  dec = torch.tensor([[0, 3, 4], [0, 5, 9]])
-  with torch.no_grad():
-    run = lambda m: m(input_ids=enc, attention_mask=(enc != 0).long(),
-                      decoder_input_ids=dec).logits.numpy()
-    np.testing.assert_array_equal(run(testing.load_hf_model(out)),
-                                  run(testing.load_hf_model(ckpts[name])))
+    np.testing.assert_array_equal(written[key], value, err_msg=key)
+  # transformers reads the export as the same model and computes the same function.
+  np.testing.assert_array_equal(_transformers(testing.load_hf_model(out), enc, dec), want)
 
 
 def test_sharded_export_and_import(tmp_path, ckpts):
