@@ -325,6 +325,7 @@ NO_HOOKS = Hooks()
 # ------------------------------------------------------- what a stack sees
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LayerHooks:
   """What one layer of one stack receives.

@@ -1,4 +1,5 @@
-"""Test helpers: tiny T5 configs, random params, random HF T5 checkpoints.
+"""Test helpers: tiny T5 configs, random params, random HF T5 and BERT-family
+checkpoints.
 
 torch / transformers are optional dependencies: they are imported inside the
 functions that need them.
@@ -147,3 +148,60 @@ def load_hf_model(path: str):
   transformers.logging.set_verbosity_error()
   return transformers.AutoModelForSeq2SeqLM.from_pretrained(
       path, dtype=torch.float32, local_files_only=True).eval()
+
+
+def randomize_torch(model, seed: int):
+  """Every weight of a torch model random (LayerNorm scales around 1), so a
+  parity check covers all of them; returns the model in eval mode."""
+  import torch  # pylint: disable=g-import-not-at-top
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      base = 1.0 if name.endswith(("LayerNorm.weight", "layer_norm.weight")) else 0.0
+      p.copy_(base + 0.5 * torch.randn(p.shape, generator=gen))
+  return model.eval()
+
+
+def make_hf_bert(tmp_dir: str, kind: str = "bert", seed: int = 0):
+  """A random odd-shaped BERT-family checkpoint saved as safetensors.
+
+  kind "bert": BERT pretraining layout (ReLU, 3 token types, pooler, MLM and
+  NSP heads; 4 heads of 5). kind "roberta": RoBERTa MLM (3 heads of 12, tanh
+  GELU, positions from pad + 1). Returns (directory, the torch model).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  if kind == "bert":
+    config = transformers.BertConfig(
+        vocab_size=89, hidden_size=20, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=28, max_position_embeddings=30, type_vocab_size=3,
+        hidden_act="relu")
+    cls, weight_seed = transformers.BertForPreTraining, 2
+  elif kind == "roberta":
+    config = transformers.RobertaConfig(
+        vocab_size=97, hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
+        intermediate_size=52, max_position_embeddings=40, type_vocab_size=1,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, hidden_act="gelu_new",
+        layer_norm_eps=1e-5)
+    cls, weight_seed = transformers.RobertaForMaskedLM, 1
+  else:
+    raise ValueError(f"make_hf_bert: kind={kind!r}; expected 'bert' or 'roberta'.")
+  torch.manual_seed(seed)
+  model = randomize_torch(cls(config), weight_seed + seed)
+  path = os.path.join(str(tmp_dir), f"tiny_{kind}_seed{seed}")
+  model.save_pretrained(path)
+  return path, model
+
+
+def padded_ids(vocab: int, lengths, total: int, pad_id: int, seed: int = 0,
+               left=()) -> tuple[np.ndarray, np.ndarray]:
+  """ids, mask [B, T]: random ids in [3, vocab), rows of `lengths`, padded on
+  the right (rows listed in `left`: on the left)."""
+  rng = np.random.default_rng(seed)
+  ids = np.full((len(lengths), total), pad_id, np.int64)
+  mask = np.zeros((len(lengths), total), np.int64)
+  for b, n in enumerate(lengths):
+    span = slice(total - n, total) if b in left else slice(0, n)
+    ids[b, span] = rng.integers(3, vocab, n)
+    mask[b, span] = 1
+  return ids, mask

@@ -47,3 +47,22 @@ def byte_backbone(tmp_path_factory) -> str:
   config = testing.byte_config()
   hf_t5.save_checkpoint(testing.init_params(config, seed=0), config, path)
   return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+  """(directory, torch model) of a random BERT pretraining layout
+  (`testing.make_hf_bert`); needs torch and transformers."""
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from ptuning_jax import testing  # pylint: disable=g-import-not-at-top
+  return testing.make_hf_bert(tmp_path_factory.mktemp("tiny_bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory):
+  """(directory, torch model) of a random RoBERTa MLM layout."""
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from ptuning_jax import testing  # pylint: disable=g-import-not-at-top
+  return testing.make_hf_bert(tmp_path_factory.mktemp("tiny_roberta"), "roberta")

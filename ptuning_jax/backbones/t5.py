@@ -604,15 +604,14 @@ class T5(nn.Module):
       y = jnp.concatenate([prefix.astype(y.dtype), y], axis=1)  # [B, Pd + S, H]
     h = self.decoder(y, encoded, encoder_mask.astype(bool), stack, deterministic,
                      decode)
-    h = h[:, prefix_len:]  # [B, S, H]
-    if cfg.scales_outputs:
-      h = h * (cfg.d_model ** -0.5)
+    hidden = h[:, prefix_len:]  # [B, S, H]
+    h = hidden * (cfg.d_model ** -0.5) if cfg.scales_outputs else hidden
     if cfg.tie_word_embeddings:
       logits = self.token_embedder.attend(h)
     else:
       logits = self.logits_dense(h)
     logits = layers.constrain(logits.astype(jnp.float32), layers.BATCH_LENGTH_VOCAB)
-    return (logits, h) if return_hidden else logits
+    return (logits, hidden) if return_hidden else logits
 
 
 def main() -> None:

@@ -310,15 +310,19 @@ class BertFamily:
 # --------------------------------- dispatch ---------------------------------
 
 
+# Registered backbone family -> its verifier (adding a family adds one entry).
+VERIFIERS = {"t5": "T5Family", "bert": "BertFamily"}
+
+
 def family_for(model_type: Any, config_path: str):
-  """The family class verifying HF `model_type` (the one place to extend)."""
-  if model_type in t5.MODEL_TYPES:
-    return T5Family
-  if model_type in hf_bert.MODEL_TYPES:
-    return BertFamily
-  supported = sorted(t5.MODEL_TYPES + tuple(hf_bert.MODEL_TYPES))
-  raise ValueError(f"{config_path}: model_type={model_type!r} is not supported by "
-                   f"verify; expected one of {supported}.")
+  """The verifier of HF `model_type`: its registered family's entry of
+  VERIFIERS (`backbones.registry` decides which family a type belongs to)."""
+  from ptuning_jax.backbones import registry  # pylint: disable=g-import-not-at-top
+  family = registry.for_model_type(model_type, config_path)
+  if family.name not in VERIFIERS:
+    raise ValueError(f"{config_path}: the {family.name} family has no verifier "
+                     f"(verify supports {sorted(VERIFIERS)}).")
+  return globals()[VERIFIERS[family.name]]
 
 
 # --------------------------------- helpers ----------------------------------

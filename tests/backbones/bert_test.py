@@ -1,5 +1,5 @@
 """bert: parity with transformers (real all-MiniLM-L6-v2 weights and random
-RoBERTa / BERT layouts), hooks, sharding, heads.
+RoBERTa / BERT layouts), hooks, sharding.
 
 Dimension letters: B batch, T length, P prompt / prefix length, H hidden,
 N heads, D head dim, L layers, C classes.
@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from ptuning_jax.backbones import bert
+from ptuning_jax import testing
+from ptuning_jax.models import heads
 from ptuning_jax.backbones.hf import bert as hf_bert
 from ptuning_jax import gin_utils
 from ptuning_jax import hooks as hooks_lib
@@ -182,61 +184,13 @@ def test_minilm_has_no_mlm_head_and_says_so(minilm):
 # ------------------------------ random layouts -------------------------------
 
 
-def _randomize(model, seed):
-  """Every weight random (LayerNorm scales around 1), so parity covers all."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      base = 1.0 if name.endswith(("LayerNorm.weight", "layer_norm.weight")) else 0.0
-      p.copy_(base + 0.5 * torch.randn(p.shape, generator=gen))
-  return model.eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_roberta(tmp_path_factory):
-  """Odd-shaped RoBERTa MLM (3 heads of 12, tanh GELU, positions from pad + 1)."""
-  hf_config = transformers.RobertaConfig(
-      vocab_size=97, hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
-      intermediate_size=52, max_position_embeddings=40, type_vocab_size=1,
-      pad_token_id=1, bos_token_id=0, eos_token_id=2, hidden_act="gelu_new",
-      layer_norm_eps=1e-5)
-  torch.manual_seed(0)
-  model = _randomize(transformers.RobertaForMaskedLM(hf_config), 1)
-  path = tmp_path_factory.mktemp("tiny_roberta")
-  model.save_pretrained(path)
-  return path, model
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-  """BERT pretraining layout: ReLU, 3 token types, pooler, MLM and NSP heads."""
-  hf_config = transformers.BertConfig(
-      vocab_size=89, hidden_size=20, num_hidden_layers=2, num_attention_heads=4,
-      intermediate_size=28, max_position_embeddings=30, type_vocab_size=3,
-      hidden_act="relu")
-  torch.manual_seed(0)
-  model = _randomize(transformers.BertForPreTraining(hf_config), 2)
-  path = tmp_path_factory.mktemp("tiny_bert")
-  model.save_pretrained(path)
-  return path, model
-
-
 @functools.lru_cache(maxsize=None)
 def _load(path):
   """(config, params) of a tiny checkpoint, loaded once per module."""
   return hf_bert.load_checkpoint(path)
 
 
-def _batch(vocab, lengths, total, pad_id, seed=0, left=()):
-  """ids, mask [B, T]: random ids, rows of `lengths`, padded right (or left)."""
-  rng = np.random.default_rng(seed)
-  ids = np.full((len(lengths), total), pad_id, np.int64)
-  mask = np.zeros((len(lengths), total), np.int64)
-  for b, n in enumerate(lengths):
-    span = slice(total - n, total) if b in left else slice(0, n)
-    ids[b, span] = rng.integers(3, vocab, n)
-    mask[b, span] = 1
-  return ids, mask
+_batch = testing.padded_ids
 
 
 def test_tiny_roberta_parity_with_position_offsets(tiny_roberta):
@@ -301,7 +255,7 @@ def _prefix_hook(prompt):
     tiled = jnp.broadcast_to(prompt[None], (x.shape[0],) + prompt.shape)  # [B, P, H]
     return (jnp.concatenate([tiled.astype(x.dtype), x], 1),
             jnp.concatenate([jnp.ones(tiled.shape[:2], mask.dtype), mask], 1))
-  return hooks_lib.Hooks(encoder_inputs=encoder_inputs)
+  return hooks_lib.Hooks(inputs={"encoder": encoder_inputs})
 
 
 def test_prompt_prefix_matches_peft_inputs_embeds_on_minilm(minilm, hf_minilm,
@@ -361,7 +315,7 @@ def test_suffix_prompt_keeps_the_segment_of_real_tokens(tiny_bert):
     return jnp.concatenate([x, tiled], 1), jnp.concatenate([m, jnp.ones((2, 4), bool)], 1)
 
   ours, _ = _our_states(config, params, ids, mask, types,
-                        hooks=hooks_lib.Hooks(encoder_inputs=append))
+                        hooks=hooks_lib.Hooks(inputs={"encoder": append}))
   with torch.no_grad():
     words = hf_model.bert.embeddings.word_embeddings(torch.tensor(ids))
     embeds = torch.cat([words, torch.tensor(prompt).expand(2, -1, -1)], 1)
@@ -396,8 +350,8 @@ def test_kv_prefixes_match_hf_key_value_cache(tiny_bert):
         input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
         attention_mask=torch.tensor(np.concatenate([np.ones((3, 4), int), mask], 1)),
         position_ids=torch.arange(8)[None].expand(3, 8), cache=cache)
-  hk = hooks_lib.Hooks(kv_prefixes={"encoder": hooks_lib.KVPrefix(jnp.asarray(key),
-                                                                  jnp.asarray(value))})
+  hk = hooks_lib.Hooks(kv_prefixes={"encoder/self": hooks_lib.KVPrefix(
+      jnp.asarray(key), jnp.asarray(value))})
   ours, _ = _our_states(config, params, ids, mask, types, hooks=hk)
   np.testing.assert_allclose(ours[-1], out.last_hidden_state.numpy(), atol=1e-4, rtol=0)
   plain, _ = _our_states(config, params, ids, mask, types)
@@ -406,7 +360,7 @@ def test_kv_prefixes_match_hf_key_value_cache(tiny_bert):
 
 def test_scales_and_layer_inputs_match_hf_forward_hooks(tiny_bert):
   """(IA)^3: keys / values after their projection (bias included), the MLP
-  activation; layer_inputs: added to the input of layers 1..L-1."""
+  activation; layer_inputs: values[l] added to the input of every layer l."""
   path, hf_model = tiny_bert
   config, params = _load(path)
   ids, mask, types = _tiny_inputs(seed=9)
@@ -428,8 +382,7 @@ def test_scales_and_layer_inputs_match_hf_forward_hooks(tiny_bert):
     handles.append(layer.attention.self.key.register_forward_hook(scale_output(k[i])))
     handles.append(layer.attention.self.value.register_forward_hook(scale_output(v[i])))
     handles.append(layer.intermediate.register_forward_hook(scale_output(mlp[i])))
-    if i > 0:
-      handles.append(layer.register_forward_pre_hook(add_input(delta[i]), with_kwargs=True))
+    handles.append(layer.register_forward_pre_hook(add_input(delta[i]), with_kwargs=True))
   try:
     with torch.no_grad():
       out = hf_model.bert(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
@@ -439,27 +392,30 @@ def test_scales_and_layer_inputs_match_hf_forward_hooks(tiny_bert):
       h.remove()
   seen = []
 
-  def layer_inputs(stack, i, x, m):
-    seen.append((stack, i, m.shape))
-    return x + jnp.asarray(delta[i])
+  def add(value, x, m):
+    seen.append(m.shape)
+    return x + value
 
-  hk = hooks_lib.Hooks(scales={"encoder/k": jnp.asarray(k), "encoder/v": jnp.asarray(v),
-                               "encoder/mlp": jnp.asarray(mlp)},
-                       layer_inputs=layer_inputs)
+  hk = hooks_lib.Hooks(
+      scales={"encoder/self/k": jnp.asarray(k), "encoder/self/v": jnp.asarray(v),
+              "encoder/mlp": jnp.asarray(mlp)},
+      layer_inputs={"encoder": hooks_lib.LayerInputs(jnp.asarray(delta), add)})
   ours, _ = _our_states(config, params, ids, mask, types, hooks=hk)
   np.testing.assert_allclose(ours[-1], out.last_hidden_state.numpy(), atol=1e-4, rtol=0)
-  assert seen == [("encoder", 1, (3, 8))]
+  assert seen == [(3, 8)] * 2
 
 
 @pytest.mark.parametrize("hooks, match", [
-    (lambda: hooks_lib.Hooks(kv_prefixes={"encoder": hooks_lib.KVPrefix(
+    (lambda: hooks_lib.Hooks(kv_prefixes={"encoder/self": hooks_lib.KVPrefix(
         jnp.zeros((2, 1, 3, 4, 6)), jnp.zeros((2, 1, 3, 4, 6)))}), r"D=5"),
-    (lambda: hooks_lib.Hooks(kv_prefixes={"decoder_self": hooks_lib.KVPrefix(
-        jnp.zeros((2, 1, 3, 4, 5)), jnp.zeros((2, 1, 3, 4, 5)))}), "only the 'encoder'"),
-    (lambda: hooks_lib.Hooks(scales={"encoder/mlp": jnp.ones((2, 20))}), r"\[L, F\]"),
-    (lambda: hooks_lib.Hooks(scales={"decoder/mlp": jnp.ones((2, 28))}), "encoder/k"),
-    (lambda: hooks_lib.Hooks(encoder_inputs=lambda x, t, m: (x[..., :3], m)), "H=20"),
-    (lambda: hooks_lib.Hooks(layer_inputs=lambda s, i, x, m: x[:, :2]), "keep the hidden"),
+    (lambda: hooks_lib.Hooks(kv_prefixes={"decoder/self": hooks_lib.KVPrefix(
+        jnp.zeros((2, 1, 3, 4, 5)), jnp.zeros((2, 1, 3, 4, 5)))}),
+     r"no attention site 'decoder/self'; it has \['encoder/self'\]"),
+    (lambda: hooks_lib.Hooks(scales={"encoder/mlp": jnp.ones((2, 20))}), r"\[L, W\] = \(2, 28\)"),
+    (lambda: hooks_lib.Hooks(scales={"decoder/mlp": jnp.ones((2, 28))}), "no stack 'decoder'"),
+    (lambda: hooks_lib.Hooks(inputs={"encoder": lambda x, t, m: (x[..., :3], m)}), "H=20"),
+    (lambda: hooks_lib.Hooks(layer_inputs={"encoder": hooks_lib.LayerInputs(
+        jnp.zeros((2,)), lambda v, x, m: x[:, :2])}), "keep the hidden"),
 ])
 def test_bad_hooks_raise_clear_errors(tiny_bert, hooks, match):
   config, params = _load(tiny_bert[0])
@@ -511,9 +467,11 @@ def test_remat_gives_the_same_output_and_gradients(tiny_bert):
 def _sharded_forward(path, config, ids, mask, types, mesh, rules):
   params = hf_bert.load_params(path, config, mesh=mesh, rules=rules)
   model = bert.BertEncoder(config)
-  prefix = hooks_lib.KVPrefix(*(jnp.full((config.num_hidden_layers, 1, 2, config.num_heads,
-                                          config.d_kv), c) for c in (0.1, -0.2)))
-  hk = hooks_lib.Hooks(kv_prefixes={"encoder": prefix})
+  site = bert.hook_spec(config).site("encoder/self")
+  shape = site.kv_shape(2)
+  prefix = hooks_lib.KVPrefix(*(jnp.full(shape[:1] + (1,) + shape[1:], c)
+                                for c in (0.1, -0.2)))
+  hk = hooks_lib.Hooks(kv_prefixes={"encoder/self": prefix})
   fn = jax.jit(lambda p, i, m, t: model.apply({"params": p}, i, m, t, hooks=hk))
   with partitioning.activate(mesh, rules):
     out = fn(params, *(jax.device_put(x, partitioning.data_sharding(mesh))
@@ -551,7 +509,7 @@ def test_sharded_tiny_model_with_sharded_vocab(tmp_path):
       vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
       intermediate_size=48, max_position_embeddings=16, type_vocab_size=2)
   torch.manual_seed(0)
-  _randomize(transformers.BertForMaskedLM(hf_config), 3).save_pretrained(tmp_path)
+  testing.randomize_torch(transformers.BertForMaskedLM(hf_config), 3).save_pretrained(tmp_path)
   config, params = hf_bert.load_checkpoint(tmp_path)
   ids, mask = _batch(64, [8, 5, 3, 8, 1, 2, 6, 7], 8, pad_id=0)
   types = np.zeros_like(ids)
@@ -572,7 +530,7 @@ def test_every_logical_axis_is_covered_by_the_rules():
   dummy = jnp.ones((1, 3), jnp.int32)
   boxed = jax.eval_shape(lambda: bert.BertEncoder(config).init(
       jax.random.key(0), dummy, dummy)["params"])
-  head = jax.eval_shape(lambda: bert.ClassificationHead(3).init(
+  head = jax.eval_shape(lambda: heads.ClassificationHead(3).init(
       jax.random.key(0), jnp.ones((1, 3, 16)), dummy)["params"])
   rules = partitioning.standard_logical_axis_rules()
   for tree in (boxed, head):
@@ -585,11 +543,17 @@ def test_every_logical_axis_is_covered_by_the_rules():
   assert set(boxed) == {"embeddings", "layers_0", "layers_1", "pooler", "mlm_head"}
 
 
-def test_config_dims_use_t5_names():
+def test_hook_spec_and_config_validation():
   config = bert.BertConfig(hidden_size=48, num_attention_heads=6, intermediate_size=100,
                            num_hidden_layers=3)
-  assert (config.d_model, config.num_heads, config.d_kv, config.d_ff,
-          config.num_encoder_layers, config.num_decoder_layers) == (48, 6, 8, 100, 3, 0)
+  spec = bert.hook_spec(config)
+  assert (spec.family, spec.embed_dim, spec.input_stack) == ("bert", 48, "encoder")
+  assert spec.attention_sites == ("encoder/self",)
+  site = spec.site("encoder/self")
+  assert (site.num_layers, site.num_heads, site.num_kv_heads, site.head_dim,
+          site.positions) == (3, 6, 6, 8, "absolute")
+  assert spec.scale_sites == ("encoder/self/k", "encoder/self/v", "encoder/mlp")
+  assert spec.scale_shape("encoder/mlp") == (3, 100)
   with pytest.raises(ValueError, match="not divisible"):
     bert.BertConfig(hidden_size=50, num_attention_heads=6)
   with pytest.raises(ValueError, match="hidden_act='silu'"):
@@ -605,64 +569,3 @@ def test_gin_file_builds_the_minilm_config(minilm):
 
 
 # ----------------------------------- heads -----------------------------------
-
-
-def test_classification_head_matches_hf_sequence_classification(tiny_bert):
-  path, _ = tiny_bert
-  hf = transformers.BertForSequenceClassification.from_pretrained(
-      str(path), num_labels=3, attn_implementation="eager").eval()
-  config, params = _load(path)
-  ids, mask, types = _tiny_inputs(seed=11)
-  with torch.no_grad():
-    expected = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                  token_type_ids=torch.tensor(types)).logits.numpy()
-  model = bert.BertEncoder(config)
-  hidden, out_mask = model.apply({"params": params}, ids, mask, types,
-                                 method=bert.BertEncoder.encode)
-  head = bert.ClassificationHead(3, pooling="cls", use_pooler=True)
-  head_params = {"dense": {"kernel": jnp.asarray(hf.classifier.weight.detach().numpy().T),
-                           "bias": jnp.asarray(hf.classifier.bias.detach().numpy())}}
-  logits = head.apply({"params": head_params}, hidden, out_mask,
-                      pooler=bert.pooler_fn(model, params))
-  np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
-  with pytest.raises(ValueError, match="needs the backbone's pooler"):
-    head.apply({"params": head_params}, hidden, out_mask)
-
-
-def test_mean_pooling_regression_head():
-  rng = np.random.default_rng(12)
-  hidden = rng.normal(size=(2, 4, 6)).astype(np.float32)
-  mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
-  head = bert.ClassificationHead(1, pooling="mean", dropout_rate=0.0)
-  variables = head.init(jax.random.key(0), hidden, mask)
-  out = head.apply(variables, hidden, mask)
-  p = nn.meta.unbox(variables["params"])["dense"]
-  mean = np.stack([hidden[0, :2].mean(0), hidden[1].mean(0)])
-  np.testing.assert_allclose(out, mean @ np.asarray(p["kernel"]) + np.asarray(p["bias"]),
-                             atol=1e-5, rtol=0)
-  assert out.shape == (2, 1)
-  with pytest.raises(ValueError, match="Unknown pooling 'max'"):
-    bert.ClassificationHead(2, pooling="max").init(jax.random.key(0), hidden, mask)
-
-
-def test_verbalizer_head_scores_label_words_at_the_mask(tiny_roberta):
-  path, hf_model = tiny_roberta
-  config, params = _load(path)
-  ids, mask = _batch(97, [9, 6], 9, pad_id=1, seed=13)
-  ids[0, 4], ids[1, 2] = 5, 5  # 5 plays the mask token
-  positions = bert.mask_positions(ids, 5)
-  np.testing.assert_array_equal(positions, [4, 2])
-  model = bert.BertEncoder(config)
-  hidden = model.apply({"params": params}, ids, mask)
-  head = bert.VerbalizerHead(label_token_ids=(10, 20, 30))
-  scores = head.apply({}, hidden, jnp.asarray(positions), mlm=bert.mlm_fn(model, params))
-  with torch.no_grad():
-    logits = hf_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
-  expected = logits.numpy()[[0, 1], positions][:, [10, 20, 30]]
-  np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
-  ids[1, 2] = 7
-  with pytest.raises(ValueError, match=r"Rows \[1\] have \[0\] mask tokens"):
-    bert.mask_positions(ids, 5)
-  with pytest.raises(ValueError, match="repeat an id"):
-    bert.VerbalizerHead((3, 3)).apply({}, hidden, jnp.asarray(positions),
-                                      mlm=bert.mlm_fn(model, params))

@@ -289,7 +289,8 @@ def _np_gelu_new(x):
 @pytest.mark.parametrize("feed_forward", ["gated-gelu", "relu"])
 def test_mlp_matches_numpy(feed_forward):
   x = _rng().randn(B, Q, H).astype(np.float32)
-  module = layers.MlpBlock(d_ff=F, feed_forward=feed_forward)
+  activation, gated = {"gated-gelu": ("gelu_new", True), "relu": ("relu", False)}[feed_forward]
+  module = layers.MlpBlock(d_ff=F, activation=activation, gated=gated)
   params, y = _init_apply(module, jnp.asarray(x))
   p = jax.tree_util.tree_map(np.asarray, params)
   if feed_forward == "gated-gelu":
@@ -310,6 +311,61 @@ def test_gelu_new_is_tanh_approximation():
 
 
 def test_mlp_unknown_activation():
-  with pytest.raises(ValueError, match="feed_forward"):
-    layers.MlpBlock(d_ff=F, feed_forward="swish").init(jax.random.PRNGKey(0),
-                                                       jnp.ones((1, 1, H)))
+  with pytest.raises(ValueError, match="Unknown activation 'swish'"):
+    layers.MlpBlock(d_ff=F, activation="swish").init(jax.random.PRNGKey(0),
+                                                     jnp.ones((1, 1, H)))
+
+
+def test_biased_mlp_matches_numpy():
+  x = _rng().randn(B, Q, H).astype(np.float32)
+  module = layers.MlpBlock(d_ff=F, activation="gelu", gated=False, use_bias=True)
+  params, _ = _init_apply(module, jnp.asarray(x))
+  rng = _rng(4)
+  params = jax.tree_util.tree_map(lambda p: rng.randn(*p.shape).astype(np.float32), params)
+  y = module.apply({"params": params}, jnp.asarray(x))
+  from scipy.special import erf  # pylint: disable=g-import-not-at-top
+  pre = x @ params["wi"]["kernel"] + params["wi"]["bias"]
+  hidden = 0.5 * pre * (1 + erf(pre / np.sqrt(2)))
+  np.testing.assert_allclose(np.asarray(y), hidden @ params["wo"]["kernel"] + params["wo"]["bias"],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_matches_numpy():
+  x = (_rng().randn(B, Q, H) * 3 + 1).astype(np.float32)
+  scale, bias = _rng(1).randn(H).astype(np.float32), _rng(2).randn(H).astype(np.float32)
+  y = layers.LayerNorm(epsilon=1e-5).apply({"params": {"scale": scale, "bias": bias}},
+                                           jnp.asarray(x))
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(y), (x - mean) / np.sqrt(var + 1e-5) * scale + bias,
+                             rtol=1e-5, atol=1e-5)
+
+
+def _reference_gqa(xq, xkv, p, kv_heads, scale):
+  """numpy grouped-query attention: each key/value head serves N / Kh query heads."""
+  q = np.einsum("bqh,hnd->bqnd", xq, p["query"]["kernel"])
+  k = np.einsum("bkh,hnd->bknd", xkv, p["key"]["kernel"])
+  v = np.einsum("bkh,hnd->bknd", xkv, p["value"]["kernel"])
+  group = q.shape[2] // kv_heads
+  k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
+  s = np.einsum("bqnd,bknd->bnqk", q, k) * scale
+  s = np.exp(s - s.max(-1, keepdims=True))
+  probs = s / s.sum(-1, keepdims=True)
+  out = np.einsum("bnqk,bknd->bqnd", probs, v)
+  return np.einsum("bqnd,ndh->bqh", out, p["out"]["kernel"])
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_query_attention_matches_reference(kv_heads):
+  rng = _rng(7)
+  xq, xkv = rng.randn(B, Q, H).astype(np.float32), rng.randn(B, K, H).astype(np.float32)
+  module = layers.MultiHeadAttention(num_heads=4, head_dim=D, num_kv_heads=kv_heads,
+                                     score_scale=D ** -0.5)
+  params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), xq, xkv, None, None)["params"])
+  assert params["key"]["kernel"].shape == (H, kv_heads, D)
+  got = module.apply({"params": params}, xq, xkv, None, None)
+  want = _reference_gqa(xq, xkv, jax.tree_util.tree_map(np.asarray, params), kv_heads,
+                        D ** -0.5)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  # A key/value prefix has Kh heads too.
+  prefix = (rng.randn(1, 2, kv_heads, D).astype(np.float32),) * 2
+  assert module.apply({"params": params}, xq, xkv, None, None, prefix).shape == (B, Q, H)

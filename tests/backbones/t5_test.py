@@ -260,7 +260,7 @@ def _check_cached_matches_full(config, params, enc, dec, hooks, chunks=None):
   full, encoded, mask, state = prepare(params, enc, dec)
   step = {first: jax.jit(functools.partial(
       model.apply, method=model.decode, decode=True, mutable=["cache"],
-      hooks=hooks if first else dataclasses.replace(hooks, decoder_prefix=None)))
+      hooks=hooks if first else hooks.without_prefix()))
           for first in (True, False)}
   chunks = chunks or [1] * dec.shape[1]
   start = 0
@@ -288,24 +288,48 @@ def _rand(seed, shape, scale=1.0):
   return jnp.asarray(np.random.RandomState(seed).randn(*shape).astype(np.float32) * scale)
 
 
+def _spec(config):
+  return t5.hook_spec(config)
+
+
+def _layer_values(config, stack, width=None):
+  """[L] per-layer values of a stack (for LayerInputs)."""
+  depth = config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
+  return jnp.arange(depth, dtype=jnp.float32)
+
+
+def test_hook_spec_declares_stacks_and_sites(tiny):
+  config = tiny[0]
+  spec = _spec(config)
+  assert spec.input_stack == "encoder" and spec.embed_dim == config.d_model
+  assert spec.attention_sites == ("encoder/self", "decoder/self", "decoder/cross")
+  assert [s.positions for s in spec.attention] == ["relative_bias", "relative_bias", "none"]
+  assert spec.scale_sites == ("encoder/self/k", "encoder/self/v", "decoder/self/k",
+                              "decoder/self/v", "decoder/cross/k", "decoder/cross/v",
+                              "encoder/mlp", "decoder/mlp")
+  assert spec.site("decoder/cross").kv_shape(4) == (3, 4, config.num_heads, config.d_kv)
+  assert spec.scale_shape("decoder/mlp") == (3, config.d_ff)
+  assert [s.causal for s in spec.stacks] == [False, True]
+
+
 def test_identity_hooks_are_bit_identical(tiny):
   config, params, enc, dec = tiny
   plain = np.asarray(_apply(config, params, enc, dec))
   np.testing.assert_array_equal(np.asarray(_apply(config, params, enc, dec,
                                                   hooks=hooks_lib.Hooks())), plain)
-  nd, f = config.num_heads * config.d_kv, config.d_ff
-  layers_of = {"encoder": config.num_encoder_layers, "decoder": config.num_decoder_layers}
-  scales = {site: jnp.ones((layers_of[site.split("/")[0]], f if site.endswith("mlp") else nd))
-            for site in hooks_lib.SCALE_SITES}
+  spec = _spec(config)
+  scales = {site: jnp.ones(spec.scale_shape(site)) for site in spec.scale_sites}
   identity = hooks_lib.Hooks(
-      encoder_inputs=lambda x, tokens, mask: (x, mask),
-      layer_inputs=lambda stack, i, x, mask: x,
+      inputs={"encoder": lambda x, tokens, mask: (x, mask)},
+      layer_inputs={s: hooks_lib.LayerInputs(_layer_values(config, s),
+                                             lambda v, x, mask: x)
+                    for s in ("encoder", "decoder")},
       scales=scales)
   np.testing.assert_array_equal(np.asarray(_apply(config, params, enc, dec, hooks=identity)),
                                 plain)
 
 
-def test_encoder_inputs_prepending_embeddings_equals_prepending_tokens(tiny):
+def test_inputs_prepending_embeddings_equals_prepending_tokens(tiny):
   config, params, enc, dec = tiny
   prompt_ids = jnp.asarray([5, 9, 13, 21])
   table = params["token_embedder"]["embedding"]
@@ -315,7 +339,7 @@ def test_encoder_inputs_prepending_embeddings_equals_prepending_tokens(tiny):
     return (jnp.concatenate([prompt, x], 1),
             jnp.concatenate([jnp.ones((x.shape[0], 4), bool), mask], 1))
 
-  hooks = hooks_lib.Hooks(encoder_inputs=prepend)
+  hooks = hooks_lib.Hooks(inputs={"encoder": prepend})
   encoded, mask = _apply(config, params, enc, hooks=hooks, method="encode")
   assert encoded.shape == (enc.shape[0], enc.shape[1] + 4, config.d_model)
   assert mask.shape == (enc.shape[0], enc.shape[1] + 4)
@@ -327,34 +351,45 @@ def test_encoder_inputs_prepending_embeddings_equals_prepending_tokens(tiny):
                              rtol=1e-5, atol=1e-5)
 
 
-def test_encoder_inputs_bad_mask_shape_is_an_error(tiny):
+def test_bad_hooks_name_the_site(tiny):
   config, params, enc, dec = tiny
-  bad = hooks_lib.Hooks(encoder_inputs=lambda x, t, m: (x, m[:, 1:]))
-  with pytest.raises(ValueError, match="encoder_inputs returned a mask"):
-    _apply(config, params, enc, dec, hooks=bad)
+  cases = [
+      (hooks_lib.Hooks(inputs={"encoder": lambda x, t, m: (x, m[:, 1:])}),
+       r"inputs\['encoder'\] returned a mask"),
+      (hooks_lib.Hooks(inputs={"vision": lambda x, t, m: (x, m)}),
+       "no stack 'vision'; it has \\['encoder', 'decoder'\\]"),
+      (hooks_lib.Hooks(kv_prefixes={"encoder/cross": _kv_hooks(config, 1)["decoder/cross"]}),
+       "no attention site 'encoder/cross'"),
+      (hooks_lib.Hooks(scales={"encoder/k": jnp.ones((2, 15))}), "Unknown scale site"),
+      (hooks_lib.Hooks(layer_inputs={"decoder": hooks_lib.LayerInputs(
+          jnp.ones((2,)), lambda v, x, m: x)}), r"leading layer axis L=3"),
+  ]
+  for hooks, match in cases:
+    with pytest.raises(ValueError, match=match):
+      _apply(config, params, enc, dec, hooks=hooks)
 
 
 def test_decoder_prefix_equals_prepending_decoder_tokens(tiny):
   config, params, enc, dec = tiny
   prefix_ids = jnp.asarray([[7, 8], [9, 10], [11, 12]])
   prefix = params["token_embedder"]["embedding"][prefix_ids]  # [B, 2, H]
-  hooks = hooks_lib.Hooks(decoder_prefix=prefix)
+  hooks = hooks_lib.Hooks(prefix={"decoder": prefix})
   logits = _apply(config, params, enc, dec, hooks=hooks)
   assert logits.shape == dec.shape + (config.vocab_size,)
   longer = _apply(config, params, enc, jnp.concatenate([prefix_ids, dec], 1))
   np.testing.assert_allclose(np.asarray(logits), np.asarray(longer[:, 2:]),
                              rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="decoder_prefix has shape"):
-    _apply(config, params, enc, dec, hooks=hooks_lib.Hooks(decoder_prefix=prefix[:1]))
+  with pytest.raises(ValueError, match=r"prefix\['decoder'\] has shape"):
+    _apply(config, params, enc, dec, hooks=hooks_lib.Hooks(prefix={"decoder": prefix[:1]}))
 
 
 def _kv_hooks(config, batch, plen=3, seed=10):
   hooks = {}
-  for i, site in enumerate(hooks_lib.KV_SITES):
-    num_layers = config.num_encoder_layers if site == "encoder" else config.num_decoder_layers
-    shape = (num_layers, batch, plen, config.num_heads, config.d_kv)
-    hooks[site] = hooks_lib.KVPrefix(key=_rand(seed + 2 * i, shape),
-                                     value=_rand(seed + 2 * i + 1, shape))
+  for i, site in enumerate(_spec(config).attention):
+    shape = site.kv_shape(plen)
+    shape = shape[:1] + (batch,) + shape[1:]  # [L, B, P, K, D]
+    hooks[site.name] = hooks_lib.KVPrefix(key=_rand(seed + 2 * i, shape),
+                                          value=_rand(seed + 2 * i + 1, shape))
   return hooks
 
 
@@ -362,6 +397,7 @@ def test_kv_prefixes_take_effect_per_site_and_broadcast(tiny):
   config, params, enc, dec = tiny
   plain = np.asarray(_apply(config, params, enc, dec))
   prefixes = _kv_hooks(config, batch=1)
+  assert set(prefixes) == {"encoder/self", "decoder/self", "decoder/cross"}
   for site, prefix in prefixes.items():
     hooks = hooks_lib.Hooks(kv_prefixes={site: prefix})
     out = np.asarray(_apply(config, params, enc, dec, hooks=hooks))
@@ -375,30 +411,29 @@ def test_kv_prefixes_take_effect_per_site_and_broadcast(tiny):
 
 def test_kv_prefix_shape_errors_name_the_site(tiny):
   config, params, enc, dec = tiny
-  prefix = _kv_hooks(config, batch=1)["decoder_cross"]
+  prefix = _kv_hooks(config, batch=1)["decoder/cross"]
   wrong = hooks_lib.KVPrefix(key=prefix.key[:-1], value=prefix.value[:-1])
-  with pytest.raises(ValueError, match=r"kv_prefixes\['decoder_cross'\].key has shape"):
-    _apply(config, params, enc, dec, hooks=hooks_lib.Hooks(kv_prefixes={"decoder_cross": wrong}))
+  with pytest.raises(ValueError, match=r"kv_prefixes\['decoder/cross'\].key has shape"):
+    _apply(config, params, enc, dec, hooks=hooks_lib.Hooks(kv_prefixes={"decoder/cross": wrong}))
 
 
 def test_scales_equal_folding_into_kernels(tiny):
   config, params, enc, dec = tiny
-  nd, f = config.num_heads * config.d_kv, config.d_ff
+  spec = _spec(config)
   kernels = {  # site -> (stack, module holding the equivalent kernel)
-      "encoder/k": ("encoder", ("attention", "key")),
-      "encoder/v": ("encoder", ("attention", "value")),
+      "encoder/self/k": ("encoder", ("attention", "key")),
+      "encoder/self/v": ("encoder", ("attention", "value")),
       "encoder/mlp": ("encoder", ("mlp", "wo")),
-      "decoder/self_k": ("decoder", ("self_attention", "key")),
-      "decoder/self_v": ("decoder", ("self_attention", "value")),
-      "decoder/cross_k": ("decoder", ("encoder_decoder_attention", "key")),
-      "decoder/cross_v": ("decoder", ("encoder_decoder_attention", "value")),
+      "decoder/self/k": ("decoder", ("self_attention", "key")),
+      "decoder/self/v": ("decoder", ("self_attention", "value")),
+      "decoder/cross/k": ("decoder", ("encoder_decoder_attention", "key")),
+      "decoder/cross/v": ("decoder", ("encoder_decoder_attention", "value")),
       "decoder/mlp": ("decoder", ("mlp", "wo")),
   }
-  assert set(kernels) == set(hooks_lib.SCALE_SITES)
+  assert set(kernels) == set(spec.scale_sites)
   plain = np.asarray(_apply(config, params, enc, dec))
   for seed, (site, (stack, path)) in enumerate(kernels.items()):
-    num_layers = getattr(config, f"num_{stack}_layers")
-    width = f if site.endswith("mlp") else nd
+    num_layers, width = spec.scale_shape(site)
     scale = jnp.asarray(np.random.RandomState(seed).rand(num_layers, width) + 0.5,
                         jnp.float32)
     out = np.asarray(_apply(config, params, enc, dec,
@@ -416,24 +451,37 @@ def test_scales_equal_folding_into_kernels(tiny):
     assert np.abs(out - plain).max() > 1e-4, site
   with pytest.raises(ValueError, match=r"scales\['encoder/mlp'\] has shape"):
     _apply(config, params, enc, dec,
-           hooks=hooks_lib.Hooks(scales={"encoder/mlp": jnp.ones((2, nd))}))
+           hooks=hooks_lib.Hooks(scales={"encoder/mlp": jnp.ones((2, 15))}))
 
 
-def test_layer_inputs_called_for_layers_after_the_first(tiny):
+def test_layer_inputs_get_each_layers_values(tiny):
+  """Layer l of each stack receives values[l] (layer 0 included): adding
+  values[l] to the hidden states entering layer l equals a hand-unrolled
+  per-layer offset."""
   config, params, enc, dec = tiny
   calls = []
 
-  def shift(stack, i, x, mask):
-    calls.append((stack, i, x.shape, mask.shape))
-    return x + 0.5
+  def shift(value, x, mask):
+    calls.append((x.shape, mask.shape))
+    return x + value
 
-  out = _apply(config, params, enc, dec, hooks=hooks_lib.Hooks(layer_inputs=shift))
+  offsets = {s: _layer_values(config, s) * 0.25 + 0.1 for s in ("encoder", "decoder")}
+  hooks = hooks_lib.Hooks(layer_inputs={
+      s: hooks_lib.LayerInputs(offsets[s], shift) for s in offsets})
+  out = _apply(config, params, enc, dec, hooks=hooks)
   b, t, s, h = enc.shape[0], enc.shape[1], dec.shape[1], config.d_model
-  assert calls == ([("encoder", i, (b, t, h), (b, t)) for i in range(1, 2)]
-                   + [("decoder", i, (b, s, h), (b, s)) for i in range(1, 3)])
+  assert calls == [((b, t, h), (b, t))] * 2 + [((b, s, h), (b, s))] * 3
   assert np.abs(np.asarray(out) - np.asarray(_apply(config, params, enc, dec))).max() > 1e-3
-  bad = hooks_lib.Hooks(layer_inputs=lambda stack, i, x, mask: x[:, 1:])
-  with pytest.raises(ValueError, match=r"layer_inputs\('encoder', 1\) returned shape"):
+  # The same offsets through a pytree of values: {"shift": [L], "scale": [L]}.
+  tree = hooks_lib.Hooks(layer_inputs={
+      s: hooks_lib.LayerInputs({"shift": offsets[s], "scale": jnp.ones_like(offsets[s])},
+                               lambda v, x, m: x * v["scale"] + v["shift"])
+      for s in offsets})
+  np.testing.assert_allclose(np.asarray(_apply(config, params, enc, dec, hooks=tree)),
+                             np.asarray(out), rtol=1e-6, atol=1e-6)
+  bad = hooks_lib.Hooks(layer_inputs={"encoder": hooks_lib.LayerInputs(
+      offsets["encoder"], lambda v, x, mask: x[:, 1:])})
+  with pytest.raises(ValueError, match=r"layer_inputs returned shape .* at layer 0"):
     _apply(config, params, enc, dec, hooks=bad)
 
 
@@ -442,12 +490,15 @@ def test_cached_decoding_with_all_hooks_matches_full_pass(tiny):
   batch = enc.shape[0]
   nd = config.num_heads * config.d_kv
   hooks = hooks_lib.Hooks(
-      encoder_inputs=lambda x, t, m: (jnp.concatenate([x[:, :2] * 2, x], 1),
-                                      jnp.concatenate([m[:, :2], m], 1)),
-      decoder_prefix=_rand(20, (batch, 2, config.d_model)),
+      inputs={"encoder": lambda x, t, m: (jnp.concatenate([x[:, :2] * 2, x], 1),
+                                          jnp.concatenate([m[:, :2], m], 1))},
+      prefix={"decoder": _rand(20, (batch, 2, config.d_model))},
       kv_prefixes=_kv_hooks(config, batch),
-      layer_inputs=lambda stack, i, x, mask: x * (1.0 + 0.1 * i),
-      scales={"decoder/self_k": jnp.full((3, nd), 1.5), "decoder/cross_v": jnp.full((3, nd), 0.7),
+      layer_inputs={s: hooks_lib.LayerInputs(_layer_values(config, s),
+                                             lambda v, x, mask: x * (1.0 + 0.1 * v))
+                    for s in ("encoder", "decoder")},
+      scales={"decoder/self/k": jnp.full((3, nd), 1.5),
+              "decoder/cross/v": jnp.full((3, nd), 0.7),
               "decoder/mlp": jnp.full((3, config.d_ff), 1.2)})
   _check_cached_matches_full(config, params, enc, dec, hooks, chunks=[2, 3, 1])
 
@@ -480,7 +531,7 @@ def test_remat_policies_keep_values_and_gradients(tiny):
   delta = _rand(30, (enc.shape[0], enc.shape[1], config.d_model), 0.1)
 
   def loss(delta, config):
-    hooks = hooks_lib.Hooks(encoder_inputs=lambda x, t, m: (x + delta, m))
+    hooks = hooks_lib.Hooks(inputs={"encoder": lambda x, t, m: (x + delta, m)})
     return jnp.sum(_apply(config, params, enc, dec, hooks=hooks) ** 2)
 
   value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)

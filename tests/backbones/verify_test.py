@@ -202,7 +202,7 @@ def test_missing_dir_and_unsupported_model_type(tmp_path, capsys):
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
   code, _, err = _run_cli([str(tmp_path)], capsys)
   assert code == 1 and err.count("\n") == 1
-  assert "config.json: model_type='gpt2' is not supported by verify" in err
+  assert "config.json: model_type='gpt2' is not supported" in err
 
 
 # ------------------------------ without transformers ------------------------------

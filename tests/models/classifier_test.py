@@ -1,4 +1,4 @@
-"""classifiers.ClassifierModel: losses, multiple choice, what trains and what
+"""classifier.ClassifierModel: losses, multiple choice, what trains and what
 stays frozen, with each prompt method on a tiny random BERT.
 
 Dimension letters: B batch, C classes / choices, T length, H hidden.
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from ptuning_jax.backbones import bert
+from ptuning_jax.methods import baselines
 from ptuning_jax.models import classifier
+from ptuning_jax.models import heads
 from ptuning_jax.training import optimizers
 from ptuning_jax.methods import initializers
 from ptuning_jax.methods import prompt_tuning
@@ -47,11 +49,17 @@ def _batch(seed=0, choices=None, regression=False, num_classes=2):
           "label": label}
 
 
+SPEC = bert.hook_spec(CONFIG)
+
+
 def _model(method=None, kind="classification", num_classes=2, train_backbone=False,
            **head):
-  head = bert.ClassificationHead(num_classes=num_classes, **head)
-  return classifier.ClassifierModel(bert.BertEncoder(CONFIG), head, method, kind,
-                                     train_backbone)
+  """No method: the head-only probe; train_backbone: full fine-tuning."""
+  if method is None:
+    method = (baselines.FullFinetune if train_backbone else baselines.NoMethod)(SPEC)
+  head = heads.ClassificationHead(num_classes=num_classes, **head)
+  return classifier.ClassifierModel(bert.BertEncoder(CONFIG), method, head=head,
+                                    kind=kind)
 
 
 def _context(params):
@@ -59,14 +67,14 @@ def _context(params):
 
 
 METHODS = {
-    "prompt_tuning": lambda: prompt_tuning.SoftPrompt(CONFIG, length=3,
-                                                initializer=initializers.normal(0.1)),
-    "p_tuning_v2": lambda: prefix_tuning.PrefixTuning(CONFIG, length=3),
-    "dept": lambda: dept.DePT(CONFIG, length=2, rank=2, max_length=T,
+    "prompt_tuning": lambda: prompt_tuning.SoftPrompt(
+        SPEC, length=3, initializer=initializers.normal(0.1)),
+    "prefix_tuning": lambda: prefix_tuning.PrefixTuning(SPEC, length=3),
+    "dept": lambda: dept.DePT(SPEC, length=2, rank=2, max_length=T,
                               initializer=initializers.normal(0.1)),
-    "low_rank": lambda: low_rank.LowRankPrompt(CONFIG, length=4, rank=2,
+    "low_rank": lambda: low_rank.LowRankPrompt(SPEC, length=4, rank=2,
                                                initializer=initializers.normal(0.1)),
-    "ia3": lambda: ia3.IA3(CONFIG, sites=("encoder/k", "encoder/v", "encoder/mlp")),
+    "ia3": lambda: ia3.IA3(SPEC),
 }
 
 
@@ -114,7 +122,7 @@ def test_method_and_head_train_backbone_frozen(params, name):
 def test_head_only_trains_the_head_alone(params):
   snapshot = jax.device_get(params)
   initial, final, _ = _train(_model(), params, _batch())
-  assert set(final) == {"head"}
+  assert set(final) == {"method", "head"} and final["method"] == {}
   assert _tree_changed(final["head"], initial["head"])
   assert _tree_equal(params, snapshot)
 
@@ -123,7 +131,7 @@ def test_full_finetune_trains_a_copy_of_the_backbone(params):
   snapshot = jax.device_get(params)
   model = _model(train_backbone=True)
   initial, final, frozen = _train(model, params, _batch())
-  assert frozen == {} and set(final) == {"head", "backbone"}
+  assert frozen == {} and set(final) == {"method", "head", "backbone"}
   assert _tree_equal(initial["backbone"], snapshot)
   changed = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
       jax.tree_util.tree_leaves(final["backbone"]), jax.tree_util.tree_leaves(snapshot))]
@@ -137,7 +145,7 @@ def test_ia3_at_init_is_the_plain_model(params):
   with_ia3 = _model(METHODS["ia3"]())
   plain = _model()
   trainables = with_ia3.init_trainables(jax.random.PRNGKey(3), _context(params))
-  expected = plain.predict({"head": trainables["head"]}, params, batch)
+  expected = plain.predict({"method": {}, "head": trainables["head"]}, params, batch)
   np.testing.assert_allclose(with_ia3.predict(trainables, params, batch), expected,
                              atol=1e-5, rtol=1e-5)
 
@@ -217,8 +225,8 @@ def test_bad_configurations_are_named():
     _model(kind="ranking")
   with pytest.raises(ValueError, match="num_classes=1, got 2"):
     _model(kind="regression", num_classes=2)
-  with pytest.raises(ValueError, match="takes no prompt method"):
-    _model(METHODS["ia3"](), train_backbone=True)
+  with pytest.raises(ValueError, match="needs a head"):
+    classifier.ClassifierModel(bert.BertEncoder(CONFIG), baselines.NoMethod(SPEC))
   with pytest.raises(ValueError, match="needs backbone_params"):
     _model(train_backbone=True).init_trainables(jax.random.PRNGKey(0))
   model = _model(kind="multiple_choice", num_classes=1)

@@ -98,22 +98,25 @@ def test_greedy_decode_with_hooks_inside_jit_matches_uncached_reference():
   def make_hooks(trainable):
     prompt = trainable["prompt"]
     prefixes = {site: hooks_lib.KVPrefix(key=trainable[site], value=trainable[site] * 0.5)
-                for site in hooks_lib.KV_SITES}
+                for site in SITES}
     return hooks_lib.Hooks(
-        encoder_inputs=lambda x, t, m: (
+        inputs={"encoder": lambda x, t, m: (
             jnp.concatenate([jnp.broadcast_to(prompt, (x.shape[0],) + prompt.shape), x], 1),
-            jnp.concatenate([jnp.ones((x.shape[0], prompt.shape[0]), bool), m], 1)),
-        decoder_prefix=jnp.broadcast_to(trainable["dprompt"], (batch, 2, config.d_model)),
+            jnp.concatenate([jnp.ones((x.shape[0], prompt.shape[0]), bool), m], 1))},
+        prefix={"decoder": jnp.broadcast_to(trainable["dprompt"],
+                                            (batch, 2, config.d_model))},
         kv_prefixes=prefixes,
-        scales={"decoder/self_v": trainable["scale"]})
+        scales={"decoder/self/v": trainable["scale"]})
+
+  SITES = t5.hook_spec(config).attention_sites
 
   def layers_of(site):
-    return config.num_encoder_layers if site == "encoder" else config.num_decoder_layers
+    return config.num_encoder_layers if site == "encoder/self" else config.num_decoder_layers
 
   trainable = {"prompt": rng.randn(3, config.d_model), "dprompt": rng.randn(2, config.d_model),
                "scale": 1 + 0.3 * rng.randn(3, nd),
                **{s: rng.randn(layers_of(s), 1, 2, config.num_heads, config.d_kv)
-                  for s in hooks_lib.KV_SITES}}
+                  for s in SITES}}
   trainable = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), trainable)
   decode = jax.jit(lambda tr, enc: decoding.greedy_decode(
       model, params, enc, max_decode_length=6, hooks=make_hooks(tr)))
@@ -157,7 +160,7 @@ def test_rank_classify_equals_per_candidate_scoring():
   candidates = jnp.asarray([[5, 1, 0], [7, 8, 1], [9, 1, 0], [1, 0, 0]])  # [C, S]
   batch = enc.shape[0]
   prefix = jnp.asarray(np.random.RandomState(1).randn(batch, 2, config.d_model), jnp.float32)
-  for hooks in (hooks_lib.NO_HOOKS, hooks_lib.Hooks(decoder_prefix=prefix)):
+  for hooks in (hooks_lib.NO_HOOKS, hooks_lib.Hooks(prefix={"decoder": prefix})):
     scores = jax.jit(lambda e, c: decoding.rank_classify(model, params, e, c, hooks=hooks))
     got = scores(enc, candidates)
     assert got.shape == (batch, 4)
