@@ -61,10 +61,11 @@ def test_importing_the_package_has_no_side_effects():
           f"for m in {all_modules!r}:\n"
           f"  if has_tf or not m.startswith({TF_PACKAGE!r}): importlib.import_module(m)\n"
           "after = (list(root.filters), list(root.handlers), root.level, dict(os.environ))\n"
-          "for what, b, a in zip(('filters', 'handlers', 'level', 'environ'), before, after):\n"
+          "names = ('root logger filters', 'root logger handlers', 'root logger level', 'os.environ')\n"
+          "for what, b, a in zip(names, before, after):\n"
           "  if a != b:\n"
-          "    extra = set(a.items()) ^ set(b.items()) if what == 'environ' else (b, a)\n"
-          "    print(f'importing ptuning_jax changed the root logger {what} / environ: {extra}')\n"
+          "    diff = set(a.items()) ^ set(b.items()) if what == 'os.environ' else (b, a)\n"
+          "    print(f'importing ptuning_jax changed the {what}: {diff}')\n"
           "    sys.exit(1)\n"
           "print('seqio modules imported' if has_tf else 'no TensorFlow')\n")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

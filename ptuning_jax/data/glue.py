@@ -4,9 +4,10 @@ TensorFlow-free: reads the official distribution formats (SuperGLUE JSONL,
 GLUE TSV) below a data directory laid out like `../shared/data`
 (`super_glue/<task>/{train,val}.jsonl`, `glue/<task>/{train,dev}.tsv`) with
 the readers the seqio tasks use (`ptuning_jax.data.readers`: TFDS features,
-errors naming file and line), turns every example into one text pair (or, for COPA, one pair per choice) and
-tokenizes it with the checkpoint's own tokenizer (`tokenization.HFTokenizer`,
-`[CLS] a [SEP] b [SEP]`, longest-first truncation).
+errors naming file and line), turns every example into one text pair (or,
+for COPA, one pair per choice) and tokenizes it with the checkpoint's own
+tokenizer (`tokenization.HFTokenizer`, `[CLS] a [SEP] b [SEP]`,
+longest-first truncation).
 
 Tasks (`TASKS`), their inputs and metrics:
 
