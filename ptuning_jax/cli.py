@@ -25,8 +25,6 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 # command -> (module, gin-configured function, summary of its result or None)
 GIN_COMMANDS = {
     "train": ("ptuning_jax.training.run", "train", None),
@@ -118,6 +116,9 @@ COMMANDS = {"tasks": _tasks, "inspect": _inspect, "demo": _demo, "bench": _bench
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  # TensorFlow (seqio's input pipeline) reads this when it is first imported,
+  # which the commands do lazily, after this line.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -32,12 +32,21 @@ class _DropGinPathProbes(logging.Filter):
                 and record.pathname.endswith(os.path.join("gin", "resource_reader.py")))
 
 
-logging.getLogger().addFilter(_DropGinPathProbes())
+_PATH_PROBE_FILTER = _DropGinPathProbes()
+
+
+def _drop_gin_path_probes() -> None:
+  """Installs the filter on the root logger once (at the first `parse`, not
+  at import: importing a module leaves logging alone)."""
+  root = logging.getLogger()
+  if _PATH_PROBE_FILTER not in root.filters:
+    root.addFilter(_PATH_PROBE_FILTER)
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str],
           search_paths: Sequence[str] = ()) -> None:
   """Parses files then bindings; errors name the culprit file/binding."""
+  _drop_gin_path_probes()
   gin.clear_config()
   for path in list(search_paths) + list(DEFAULT_SEARCH_PATHS):
     gin.add_config_file_search_path(path)

@@ -2,10 +2,12 @@
 
 TensorFlow-free: reads the official distribution formats (SuperGLUE JSONL,
 GLUE TSV) below a data directory laid out like `../shared/data`
-(`super_glue/<task>/{train,val}.jsonl`, `glue/<task>/{train,dev}.tsv`), turns
-every example into one text pair (or, for COPA, one pair per choice) and
-tokenizes it with the checkpoint's own tokenizer (`tokenization.HFTokenizer`,
-`[CLS] a [SEP] b [SEP]`, longest-first truncation).
+(`super_glue/<task>/{train,val}.jsonl`, `glue/<task>/{train,dev}.tsv`) with
+the readers the seqio tasks use (`ptuning_jax.data.readers`: TFDS features,
+errors naming file and line), turns every example into one text pair (or,
+for COPA, one pair per choice) and tokenizes it with the checkpoint's own
+tokenizer (`tokenization.HFTokenizer`, `[CLS] a [SEP] b [SEP]`,
+longest-first truncation).
 
 Tasks (`TASKS`), their inputs and metrics:
 
@@ -37,22 +39,24 @@ Arrays of a `TaskData` split (an `pipeline.ArrayDataset`):
       multiple choice: one row per choice), padded with the pad id / 0;
   label: [N] int32 (class index or correct choice) or float32 (regression).
 
+Metrics (`compute_metrics`) come from `ptuning_jax.data.metrics` and are
+percentages (x100), like every metric of the package.
+
 Dimension letters: N examples, C choices (multiple choice), T max length.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
-import math
 import os
 import pathlib
 import zlib
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ptuning_jax.data import metrics as metrics_lib
 from ptuning_jax.data import pipeline
+from ptuning_jax.data import readers
 
 KINDS = ("classification", "regression", "multiple_choice")
 SPLITS = ("train", "eval")
@@ -60,47 +64,6 @@ SPLITS = ("train", "eval")
 BOOLQ_EVAL_BUCKETS = 3
 
 Pair = tuple[str, Optional[str]]
-
-
-# ------------------------------------------------------------------- readers
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-  """Non-empty lines of a JSONL file as dicts (errors name file and line)."""
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number}: not valid JSON ({e.msg}).") from None
-  return rows
-
-
-def read_tsv(path: str | os.PathLike, header: bool = True,
-             columns: Optional[Sequence[str]] = None) -> list[dict]:
-  """GLUE TSV rows as dicts keyed by the header (or `columns` if no header).
-
-  Quotes are literal (GLUE files are written without quoting); a UTF-8 BOM
-  (MRPC) is dropped.
-  """
-  with open(path, encoding="utf-8-sig", newline="") as f:
-    lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-  if header:
-    if not lines:
-      raise ValueError(f"{path}: empty TSV file, expected a header line.")
-    columns, lines = lines[0], lines[1:]
-  rows = []
-  for number, fields in enumerate(lines, 2 if header else 1):
-    if not fields:
-      continue
-    if len(fields) != len(columns):
-      raise ValueError(f"{path}:{number}: {len(fields)} fields, expected "
-                       f"{len(columns)} ({list(columns)}).")
-    rows.append(dict(zip(columns, fields)))
-  return rows
 
 
 def _field(row: Mapping[str, Any], key: str, where: str) -> Any:
@@ -120,19 +83,21 @@ class TaskSpec:
     name: short name ("rte", ..., see `TASKS`).
     kind: one of KINDS.
     files: split ("train" / "eval") -> path relative to the data directory.
-    reader: path -> raw rows.
-    to_example: (row, where) -> (pairs, label): one (a, b) pair (b may be
-      None), or one pair per choice for multiple choice; label an int index
-      or a float score.
+    reader: path -> examples with the TFDS builder's features
+      (`ptuning_jax.data.readers`): text fields and `label`, a class index
+      (-1: unlabelled) or, for regression, a float.
+    pairs: (example, where) -> one (a, b) pair (b may be None), or one pair
+      per choice for multiple choice.
     label_names: class names in index order (choices for multiple choice).
     metrics: metric names `compute_metrics` reports, the first is primary.
-    split_fn: (split, rows) -> rows of that split (BoolQ); None keeps all.
+    split_fn: (split, examples) -> examples of that split (BoolQ); None keeps
+      all.
   """
   name: str
   kind: str
   files: Mapping[str, str]
-  reader: Callable[[str], list[dict]]
-  to_example: Callable[[Mapping[str, Any], str], tuple[list[Pair], Any]]
+  reader: Callable[[str], Iterator[dict]]
+  pairs: Callable[[Mapping[str, Any], str], list[Pair]]
   label_names: tuple[str, ...]
   metrics: tuple[str, ...]
   split_fn: Optional[Callable[[str, list[dict]], list[dict]]] = None
@@ -142,25 +107,29 @@ class TaskSpec:
     """Outputs of the head: classes, or 1 (regression; a choice's score)."""
     return len(self.label_names) if self.kind == "classification" else 1
 
+  def to_example(self, row: Mapping[str, Any], where: str) -> tuple[list[Pair], Any]:
+    """(pairs, label) of one example; `where` names it in errors."""
+    pairs = self.pairs(row, where)
+    label = _field(row, "label", where)
+    if self.kind == "regression":
+      return pairs, float(label)
+    if label not in range(len(self.label_names)):
+      raise ValueError(f"{where}: label {label!r} is not a class index of "
+                       f"{list(self.label_names)} (-1: unlabelled).")
+    return pairs, int(label)
 
-def _label_index(names: Sequence[Any], value: Any, where: str) -> int:
-  if value not in names:
-    raise ValueError(f"{where}: label {value!r} is not one of {list(names)}.")
-  return list(names).index(value)
 
-
-def _nli(label_names):
-  def convert(row, where):
-    pair = (_field(row, "premise", where), _field(row, "hypothesis", where))
-    return [pair], _label_index(label_names, _field(row, "label", where), where)
-  return convert
+def _pair(key_a: str, key_b: Optional[str]):
+  def pairs(row, where):
+    return [(_field(row, key_a, where),
+             None if key_b is None else _field(row, key_b, where))]
+  return pairs
 
 
 def _wic(row, where):
   word = _field(row, "word", where)
-  pair = (f"{word}: {_field(row, 'sentence1', where)}",
-          f"{word}: {_field(row, 'sentence2', where)}")
-  return [pair], _label_index((False, True), _field(row, "label", where), where)
+  return [(f"{word}: {_field(row, 'sentence1', where)}",
+           f"{word}: {_field(row, 'sentence2', where)}")]
 
 
 def _copa(row, where):
@@ -169,13 +138,7 @@ def _copa(row, where):
   if joiner is None:
     raise ValueError(f"{where}: COPA question {question!r} is not cause/effect.")
   first = f"{_field(row, 'premise', where)} {joiner}"
-  pairs = [(first, _field(row, "choice1", where)), (first, _field(row, "choice2", where))]
-  return pairs, _label_index((0, 1), _field(row, "label", where), where)
-
-
-def _boolq(row, where):
-  pair = (_field(row, "question", where), _field(row, "passage", where))
-  return [pair], _label_index((False, True), _field(row, "label", where), where)
+  return [(first, _field(row, "choice1", where)), (first, _field(row, "choice2", where))]
 
 
 def _boolq_split(split: str, rows: list[dict]) -> list[dict]:
@@ -185,62 +148,47 @@ def _boolq_split(split: str, rows: list[dict]) -> list[dict]:
   return [r for r in rows if in_eval(r) == (split == "eval")]
 
 
-def _glue(key_a: str, key_b: Optional[str], label_key: str, regression: bool = False):
-  def convert(row, where):
-    pair = (_field(row, key_a, where), None if key_b is None else _field(row, key_b, where))
-    raw = _field(row, label_key, where)
-    try:
-      label = float(raw) if regression else int(raw)
-    except ValueError:
-      raise ValueError(f"{where}: label {raw!r} of column {label_key!r} is not "
-                       f"{'a number' if regression else 'an integer'}.") from None
-    if not regression and label not in (0, 1):
-      raise ValueError(f"{where}: label {label} of column {label_key!r} is not 0/1.")
-    return [pair], label
-  return convert
+def _super_glue(name: str, pairs, label_names, metrics, split_fn=None,
+                kind: str = "classification", files=("train", "val")) -> TaskSpec:
+  path = "super_glue/{}/{}.jsonl"
+  return TaskSpec(name, kind, {"train": path.format(name, files[0]),
+                               "eval": path.format(name, files[1])},
+                  readers.super_glue_jsonl(name), pairs, label_names, metrics,
+                  split_fn)
 
 
-def _cola_reader(path):
-  return read_tsv(path, header=False, columns=("source", "label", "original", "sentence"))
+def _glue(name: str, columns: Mapping[str, Any], label_column: Any, label_names,
+          metrics, header: bool = True, kind: str = "classification") -> TaskSpec:
+  path = "glue/{}/{}.tsv"
+  keys = list(columns)
+  reader = readers.glue_tsv(columns, label_column, None, header=header,
+                            label_type=float if kind == "regression" else int)
+  return TaskSpec(name, kind, {"train": path.format(name, "train"),
+                               "eval": path.format(name, "dev")},
+                  reader, _pair(keys[0], keys[1] if len(keys) > 1 else None),
+                  label_names, metrics)
 
 
-_SG = "super_glue/{}/{}.jsonl"
-_GLUE = "glue/{}/{}.tsv"
+_NLI2 = ("entailment", "not_entailment")
+_NLI3 = ("entailment", "contradiction", "neutral")
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
-    TaskSpec("rte", "classification",
-             {"train": _SG.format("rte", "train"), "eval": _SG.format("rte", "val")},
-             read_jsonl, _nli(("entailment", "not_entailment")),
-             ("entailment", "not_entailment"), ("accuracy",)),
-    TaskSpec("cb", "classification",
-             {"train": _SG.format("cb", "train"), "eval": _SG.format("cb", "val")},
-             read_jsonl, _nli(("entailment", "contradiction", "neutral")),
-             ("entailment", "contradiction", "neutral"), ("accuracy", "macro_f1")),
-    TaskSpec("wic", "classification",
-             {"train": _SG.format("wic", "train"), "eval": _SG.format("wic", "val")},
-             read_jsonl, _wic, ("False", "True"), ("accuracy",)),
-    TaskSpec("copa", "multiple_choice",
-             {"train": _SG.format("copa", "train"), "eval": _SG.format("copa", "val")},
-             read_jsonl, _copa, ("choice1", "choice2"), ("accuracy",)),
-    TaskSpec("boolq", "classification",
-             {"train": _SG.format("boolq", "val"), "eval": _SG.format("boolq", "val")},
-             read_jsonl, _boolq, ("False", "True"), ("accuracy",), _boolq_split),
-    TaskSpec("sst2", "classification",
-             {"train": _GLUE.format("sst2", "train"), "eval": _GLUE.format("sst2", "dev")},
-             read_tsv, _glue("sentence", None, "label"), ("negative", "positive"),
-             ("accuracy",)),
-    TaskSpec("mrpc", "classification",
-             {"train": _GLUE.format("mrpc", "train"), "eval": _GLUE.format("mrpc", "dev")},
-             read_tsv, _glue("#1 String", "#2 String", "Quality"),
-             ("not_equivalent", "equivalent"), ("f1", "accuracy")),
-    TaskSpec("cola", "classification",
-             {"train": _GLUE.format("cola", "train"), "eval": _GLUE.format("cola", "dev")},
-             _cola_reader, _glue("sentence", None, "label"),
-             ("unacceptable", "acceptable"), ("matthews",)),
-    TaskSpec("stsb", "regression",
-             {"train": _GLUE.format("stsb", "train"), "eval": _GLUE.format("stsb", "dev")},
-             read_tsv, _glue("sentence1", "sentence2", "score", regression=True),
-             ("score",), ("pearson", "spearman")),
+    _super_glue("rte", _pair("premise", "hypothesis"), _NLI2, ("accuracy",)),
+    _super_glue("cb", _pair("premise", "hypothesis"), _NLI3, ("accuracy", "macro_f1")),
+    _super_glue("wic", _wic, ("False", "True"), ("accuracy",)),
+    _super_glue("copa", _copa, ("choice1", "choice2"), ("accuracy",),
+                kind="multiple_choice"),
+    _super_glue("boolq", _pair("question", "passage"), ("False", "True"), ("accuracy",),
+                _boolq_split, files=("val", "val")),
+    _glue("sst2", {"sentence": "sentence"}, "label", ("negative", "positive"),
+          ("accuracy",)),
+    _glue("mrpc", {"sentence1": "#1 String", "sentence2": "#2 String"}, "Quality",
+          ("not_equivalent", "equivalent"), ("f1", "accuracy")),
+    # CoLA's files have no header: source, label, original mark, sentence.
+    _glue("cola", {"sentence": 3}, 1, ("unacceptable", "acceptable"), ("matthews",),
+          header=False),
+    _glue("stsb", {"sentence1": "sentence1", "sentence2": "sentence2"}, "score",
+          ("score",), ("pearson", "spearman"), kind="regression"),
 )}
 
 
@@ -259,7 +207,7 @@ def read_examples(spec: TaskSpec, data_dir: str | os.PathLike,
   if not path.exists():
     raise FileNotFoundError(f"Task {spec.name!r} split {split!r}: {path} does not "
                             f"exist (data_dir={data_dir}).")
-  rows = spec.reader(str(path))
+  rows = list(spec.reader(str(path)))
   if spec.split_fn is not None:
     rows = spec.split_fn(split, rows)
   pairs, labels = [], []
@@ -380,60 +328,24 @@ def subset_indices(total: int, limit: Optional[int], key: str) -> np.ndarray:
 
 # ------------------------------------------------------------------- metrics
 
-
-def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
-  return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
-
-
-def f1_binary(predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
-  """F1 of the positive class (0 when it is never predicted nor present)."""
-  p, y = np.asarray(predictions) == positive, np.asarray(labels) == positive
-  tp = float(np.sum(p & y))
-  denom = float(np.sum(p) + np.sum(y))
-  return 2.0 * tp / denom if denom else 0.0
-
-
-def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-  """Unweighted mean over classes of each class's F1 (SuperGLUE's CB F1)."""
-  return float(np.mean([f1_binary(predictions, labels, c) for c in range(num_classes)]))
-
-
-def matthews(predictions: np.ndarray, labels: np.ndarray) -> float:
-  """Matthews correlation of binary predictions (0 when undefined)."""
-  p, y = np.asarray(predictions) == 1, np.asarray(labels) == 1
-  tp, tn = float(np.sum(p & y)), float(np.sum(~p & ~y))
-  fp, fn = float(np.sum(p & ~y)), float(np.sum(~p & y))
-  denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-  return (tp * tn - fp * fn) / denom if denom else 0.0
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-  """Pearson correlation (0 when either input is constant)."""
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  x, y = x - x.mean(), y - y.mean()
-  denom = math.sqrt(float(np.sum(x * x) * np.sum(y * y)))
-  return float(np.sum(x * y) / denom) if denom else 0.0
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-  """Average ranks (ties share their mean rank), as scipy.stats.rankdata."""
-  x = np.asarray(x, np.float64)
-  order = np.argsort(x, kind="mergesort")
-  ranks = np.empty(len(x), np.float64)
-  ranks[order] = np.arange(len(x), dtype=np.float64)
-  _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-  sums = np.bincount(inverse, weights=ranks)
-  return sums[inverse] / counts[inverse]
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-  """Spearman rank correlation (Pearson of average ranks)."""
-  return pearson(_ranks(x), _ranks(y))
+# Metric name -> fn(labels [N], predictions [N], C) -> percentage, all from
+# `ptuning_jax.data.metrics` (scikit-learn / scipy).
+_METRICS = {
+    "accuracy": lambda y, p, c: metrics_lib.accuracy(y, p)["accuracy"],
+    "f1": lambda y, p, c: metrics_lib.f1_binary(y, p)["f1"],
+    "macro_f1": lambda y, p, c: metrics_lib.mean_multiclass_f1(c)(y, p)[
+        f"mean_{c}class_f1"],
+    "matthews": lambda y, p, c: metrics_lib.matthews_corrcoef(y, p)[
+        "matthews_corrcoef"],
+    "pearson": lambda y, p, c: metrics_lib.pearson_corrcoef(y, p)["pearson_corrcoef"],
+    "spearman": lambda y, p, c: metrics_lib.spearman_corrcoef(y, p)[
+        "spearman_corrcoef"],
+}
 
 
 def compute_metrics(spec: TaskSpec, outputs: np.ndarray,
                     labels: np.ndarray) -> dict[str, float]:
-  """The task's metrics from model outputs.
+  """The task's metrics from model outputs, in percent (`data.metrics`).
 
   Args:
     spec: the task.
@@ -442,22 +354,21 @@ def compute_metrics(spec: TaskSpec, outputs: np.ndarray,
     labels: [N] gold labels.
   Returns:
     {metric: value} for every name in `spec.metrics`, plus "score", their
-    mean (the GLUE / SuperGLUE convention for tasks with two metrics).
+    mean (the GLUE / SuperGLUE convention for tasks with two metrics); all
+    percentages (x100). Macro F1 averages over all C classes, also those
+    absent from `labels`; a correlation of constant outputs is 0.
   """
   outputs, labels = np.asarray(outputs), np.asarray(labels)
   if outputs.shape[0] != labels.shape[0]:
     raise ValueError(f"{spec.name}: {outputs.shape[0]} outputs for "
                      f"{labels.shape[0]} labels.")
   if spec.kind == "regression":
-    values = {"pearson": pearson(outputs, labels), "spearman": spearman(outputs, labels)}
+    predictions, num_classes = outputs, 1
   else:
     if outputs.ndim != 2:
       raise ValueError(f"{spec.name}: expected logits [N, C], got {outputs.shape}.")
-    predictions = np.argmax(outputs, axis=-1)
-    values = {"accuracy": accuracy(predictions, labels),
-              "f1": f1_binary(predictions, labels),
-              "macro_f1": macro_f1(predictions, labels, outputs.shape[-1]),
-              "matthews": matthews(predictions, labels)}
-  out = {name: values[name] for name in spec.metrics}
+    predictions, num_classes = np.argmax(outputs, axis=-1), outputs.shape[-1]
+  out = {name: float(_METRICS[name](labels, predictions, num_classes))
+         for name in spec.metrics}
   out["score"] = float(np.mean(list(out.values())))
   return out

@@ -21,15 +21,14 @@ import jax
 import numpy as np
 
 from ptuning_jax.training import evaluation
+from ptuning_jax.data import metrics
 from ptuning_jax.data import pipeline
 
 
-def accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict:
-  """Exact-match accuracy in percent (an unparseable prediction is wrong)."""
-  if not targets:
-    return {"accuracy": 0.0}
-  hits = sum(t.strip() == p.strip() for t, p in zip(targets, predictions))
-  return {"accuracy": 100.0 * hits / len(targets)}
+def _accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict:
+  """`metrics.accuracy` (percent) of the texts, surrounding spaces ignored."""
+  return metrics.accuracy([t.strip() for t in targets],
+                          [p.strip() for p in predictions])
 
 
 def candidate_arrays(vocab, labels: Sequence[str], length: int) -> np.ndarray:
@@ -75,7 +74,7 @@ class TextTaskData:
 
     def compute_metrics(pred_ids):
       preds = [self.vocab.decode(p.tolist()) for p in pred_ids]
-      return accuracy(targets, preds)
+      return _accuracy(targets, preds)
 
     candidates = rank_metrics = None
     if self.label_strings:
@@ -84,7 +83,7 @@ class TextTaskData:
 
       def rank_metrics(scores):
         preds = [self.label_strings[i] for i in np.argmax(scores, axis=-1)]
-        return accuracy(targets, preds)
+        return _accuracy(targets, preds)
     return evaluation.EvalData(ds, compute_metrics, candidates, rank_metrics)
 
   def encode_inputs(self, texts: Sequence[str]) -> pipeline.ArrayDataset:

@@ -1,5 +1,6 @@
 """Tests for ptuning_jax.data.pipeline (pure NumPy / JAX on CPU)."""
 import json
+import zlib
 
 import jax
 import numpy as np
@@ -165,15 +166,46 @@ def test_batch_iterator_resumption(drop_remainder, split_after):
   _assert_batches_equal(head + _take(resumed, 9), full)
 
 
+def _legacy_batch_state(num, batch_size, batches, drop_remainder):
+  """(epoch, index) of the pre-grain BatchIterator after `batches` batches:
+  its own update rule, verbatim."""
+  epoch = index = 0
+  for _ in range(batches):
+    if drop_remainder and index + batch_size > num:
+      epoch, index = epoch + 1, 0
+    index += min(batch_size, num - index)
+    if index >= num:
+      epoch, index = epoch + 1, 0
+  return epoch, index
+
+
+@pytest.mark.parametrize("drop_remainder", [True, False])
+@pytest.mark.parametrize("split_after", [0, 3, 4, 9])
+def test_batch_iterator_resumes_a_pre_grain_state(drop_remainder, split_after):
+  # The order is the pre-grain one (epoch_order), so a checkpoint it saved
+  # resumes bit-identically.
+  ds = _dataset(23)
+  kwargs = dict(batch_size=6, seed=11, drop_remainder=drop_remainder)
+  full = _take(ip.BatchIterator(ds, **kwargs), split_after + 5)
+  epoch, index = _legacy_batch_state(23, 6, split_after, drop_remainder)
+  resumed = ip.BatchIterator(ds, **kwargs)
+  resumed.set_state({"seed": 11, "epoch": epoch, "index": index, "num_examples": 23})
+  _assert_batches_equal(_take(resumed, 5), full[split_after:])
+  with pytest.raises(ValueError, match="not a batch boundary"):
+    resumed.set_state({"seed": 11, "epoch": 0, "index": 5, "num_examples": 23})
+
+
 def test_batch_iterator_set_state_rejects_mismatches():
   it = ip.BatchIterator(_dataset(10), 2, seed=0)
   state = it.get_state()
   with pytest.raises(ValueError, match="seed=0"):
     ip.BatchIterator(_dataset(10), 2, seed=1).set_state(state)
-  with pytest.raises(ValueError, match="10 examples"):
+  with pytest.raises(ValueError, match="num_examples=10"):
     ip.BatchIterator(_dataset(12), 2, seed=0).set_state(state)
-  with pytest.raises(KeyError, match="index"):
-    it.set_state({"seed": 0, "epoch": 0, "num_examples": 10})
+  with pytest.raises(ValueError, match="batch_size=2"):
+    ip.BatchIterator(_dataset(10), 5, seed=0).set_state(state)
+  with pytest.raises(KeyError, match="lacks 'iterator'"):
+    it.set_state({"seed": 0, "num_examples": 10, "batch_size": 2})
 
 
 def test_batch_iterator_per_host_slices_concatenate_to_global_batch():
@@ -284,6 +316,56 @@ def test_mixture_resumption(split_after):
   resumed = ip.MixtureIterator(_mixture_sets(), **kwargs)
   resumed.set_state(state)
   _assert_batches_equal(head + _take(resumed, 6), full)
+
+
+def test_mixture_follows_the_documented_protocol():
+  # Task of global example g: the rates' CDF at example_uniforms(seed, g);
+  # each task then hands out its own stream: epoch_order(N, [seed,
+  # crc32(task)], e) for e = 0, 1, ...
+  sets, rates, seed = _mixture_sets(), {"a": 1.0, "b": 3.0}, 4
+  it = ip.MixtureIterator(sets, rates, batch_size=10, seed=seed, task_index=["a", "b"])
+  batches = _take(it, 30)
+  cdf = np.cumsum([0.25, 0.75])
+  want_tasks = np.searchsorted(cdf, ip.example_uniforms(seed, np.arange(300)), side="right")
+  tasks = np.concatenate([b["task_index"] for b in batches])
+  np.testing.assert_array_equal(tasks, want_tasks)
+  ids = np.concatenate([b["id"] for b in batches])
+  for t, name in enumerate(("a", "b")):
+    num = len(sets[name])
+    stream = np.concatenate([ip.epoch_order(num, [seed, zlib.crc32(name.encode())], e)
+                             for e in range(300 // num + 1)])
+    got = ids[tasks == t] - (1000 if name == "b" else 0)
+    np.testing.assert_array_equal(got, stream[:got.size], err_msg=name)
+
+
+def test_mixture_resumes_past_the_sampler_chunks():
+  # 5 x 1000 examples cross _TaskSampler's memo chunks; a fresh iterator
+  # resumed there recomputes the per-task counts and continues identically.
+  kwargs = dict(rates={"a": 1.0, "b": 2.0}, batch_size=1000, seed=2)
+  full = _take(ip.MixtureIterator(_mixture_sets(), **kwargs), 7)
+  first = ip.MixtureIterator(_mixture_sets(), **kwargs)
+  _take(first, 5)
+  state = json.loads(json.dumps(first.get_state()))
+  assert first.examples_seen == 5000
+  resumed = ip.MixtureIterator(_mixture_sets(), **kwargs)
+  resumed.set_state(state)
+  _assert_batches_equal(_take(resumed, 2), full[5:])
+
+
+def test_mixture_resumes_a_pre_grain_state():
+  sets = _mixture_sets()
+  kwargs = dict(rates={"a": 2.0, "b": 1.0}, batch_size=16, seed=9, task_index=["a", "b"])
+  full = _take(ip.MixtureIterator(sets, **kwargs), 9)
+  counts = np.bincount(np.concatenate([b["task_index"] for b in full[:6]]), minlength=2)
+  streams = {n: {"epoch": int(c) // len(sets[n]), "index": int(c) % len(sets[n]),
+                 "num_examples": len(sets[n])} for n, c in zip("ab", counts)}
+  legacy = {"seed": 9, "examples_seen": 96, "tasks": streams}
+  resumed = ip.MixtureIterator(sets, **kwargs)
+  resumed.set_state(legacy)
+  _assert_batches_equal(_take(resumed, 3), full[6:])
+  streams["a"] = {**streams["a"], "index": streams["a"]["index"] + 1}
+  with pytest.raises(ValueError, match="task 'a' had handed out"):
+    resumed.set_state(legacy)
 
 
 def test_mixture_sequence_does_not_depend_on_batch_size():

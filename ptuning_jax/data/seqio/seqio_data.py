@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import re
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
@@ -25,6 +26,8 @@ from ptuning_jax.training import evaluation
 from ptuning_jax.data import pipeline
 from ptuning_jax.data.seqio import labels as labels_lib
 from ptuning_jax.data.seqio import loading
+from ptuning_jax.data.seqio import sources
+from ptuning_jax.data.seqio import vocabularies
 
 
 class DataError(ValueError):
@@ -75,6 +78,14 @@ class SeqioData:
       task's index.
     eval_task: the task to evaluate when `task` is a mixture (default: none,
       so evaluating a mixture is an error).
+    source: where every task's raw data comes from (`sources.SourceConfig`,
+      e.g. local files in the official formats); applied with
+      `sources.configure` when this object is built, so it switches every
+      task of the process. None leaves the configuration as it is (a
+      `sources.configure` call, else the environment, else TFDS).
+    spm_path: the T5 SentencePiece model of the T5 tasks, applied with
+      `vocabularies.configure` when built; None leaves it as it is (else
+      $PTUNING_JAX_SPM_PATH, else T5's GCS copy).
   """
 
   def __init__(self, task: str, feature_lengths: Mapping[str, int],
@@ -84,8 +95,17 @@ class SeqioData:
                label_strings: Optional[Sequence[str]] = None,
                max_train_examples: Optional[int] = None,
                task_index: Union[bool, Sequence[str]] = False,
-               eval_task: Optional[str] = None):
+               eval_task: Optional[str] = None,
+               source: Optional[sources.SourceConfig] = None,
+               spm_path: Optional[str] = None):
     keep_tensorflow_on_cpu()
+    if source is not None:
+      if not isinstance(source, sources.SourceConfig):
+        raise TypeError(f"SeqioData.source={source!r}: expected a "
+                        "sources.SourceConfig (gin: @sources.SourceConfig()).")
+      sources.configure(source)
+    if spm_path is not None:
+      vocabularies.configure(spm_path=spm_path)
     for m in ([module] if isinstance(module, str) else (module or [])):
       importlib.import_module(m)
     from ptuning_jax.data.seqio import mpt_tasks  # pylint: disable=g-import-not-at-top
@@ -106,7 +126,21 @@ class SeqioData:
     self.label_strings = (tuple(label_strings) if label_strings
                           else self.eval_task and labels_lib.get(self.eval_task))
     self.vocab = self.provider.output_features["targets"].vocabulary
+    self._check_spm_path(spm_path)
     self._eval_cache: dict = {}
+
+  def _check_spm_path(self, spm_path: Optional[str]) -> None:
+    """A vocabulary resolved earlier in this process keeps its path; say so
+    rather than silently use another model than `spm_path`."""
+    if spm_path is None:
+      return
+    for name, feature in self.provider.output_features.items():
+      got = getattr(feature.vocabulary, "sentencepiece_model_file", spm_path)
+      if os.path.realpath(got) != os.path.realpath(spm_path):
+        raise ValueError(
+            f"SeqioData.spm_path={spm_path!r}: the {name!r} vocabulary of "
+            f"{self.task!r} already uses {got!r} (resolved earlier in this "
+            "process); one process serves one SentencePiece model.")
 
   def _check_eval_task(self, eval_task: Optional[str]) -> Optional[str]:
     if isinstance(self.provider, seqio.Task):

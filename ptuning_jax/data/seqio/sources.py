@@ -6,17 +6,20 @@ the task's split protocol and optional k-shot sampling to the raw splits read
 here. Which backend reads the raw splits is decided lazily, when a dataset is
 read, from (first match wins):
 
-1. `configure(source=..., data_dir=...)` called in Python;
-2. gin bindings of `configure` (one gin setting switches every task):
+1. the explicit configuration, `configure(SourceConfig(...))` or
+   `configure(source=..., data_dir=...)`; a run's gin file sets it with one
+   setting that switches every task (`SeqioData` applies it when built):
 
        from __gin__ import dynamic_registration
+       from ptuning_jax.data.seqio import seqio_data
        from ptuning_jax.data.seqio import sources
-       sources.configure.source = 'local'
-       sources.configure.data_dir = '/path/to/data'
+       seqio_data.SeqioData.source = @sources.SourceConfig()
+       sources.SourceConfig.source = 'local'
+       sources.SourceConfig.data_dir = '/path/to/data'
 
-3. the environment: `PTUNING_JAX_DATA_SOURCE` (`tfds`|`local`),
+2. the environment: `PTUNING_JAX_DATA_SOURCE` (`tfds`|`local`),
    `PTUNING_JAX_DATA_DIR`, `PTUNING_JAX_TFDS_DATA_DIR`;
-4. the default, TFDS (prepared datasets; TFDS' own data dir).
+3. the default, TFDS (prepared datasets; TFDS' own data dir).
 
 Local files use the official distribution formats and names below the data
 directory (see `RAW_DATASETS` for each split's candidate files): GLUE TSV
@@ -28,8 +31,10 @@ WinoGrande `other/winogrande/{train_xl,dev}.jsonl`, Yelp
 `other/scitail/scitail_1.0_{train,dev,test}.txt` (`snli_format`, what DePT
 reads) or `.tsv` (`tsv_format`, what TFDS reads), PAWS
 `other/paws_wiki/{train,dev,test}.tsv`, plus the derived NLI JSONL files
-(`premise`/`hypothesis`/`label`) of `shared/data`. Local readers produce the
-same features (names, dtypes, label indices, `idx`) as the TFDS builders.
+(`premise`/`hypothesis`/`label`) of `shared/data`. The files are read by
+`ptuning_jax.data.readers` (TensorFlow-free, shared with `data.glue`), whose
+readers produce the same features (names, dtypes, label indices, `idx`) as
+the TFDS builders.
 
 Order: local files are read in file order, which is the order of the
 official releases and of the Hugging Face datasets the DePT protocol shuffles,
@@ -40,19 +45,17 @@ split the output keeps the raw order; the protocol decides membership only.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
-import json
-import logging
 import os
 import threading
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
-import gin
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from ptuning_jax.data import readers
+from ptuning_jax.data.readers import Reader
 
 
 SOURCES = ("tfds", "local")
@@ -65,7 +68,13 @@ TFDS_DATA_DIR_ENV = "PTUNING_JAX_TFDS_DATA_DIR"
 
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
-  """Where raw data comes from: `source` is "tfds" or "local"."""
+  """Where raw data comes from.
+
+  Attributes:
+    source: "tfds" (prepared TFDS datasets) or "local" (official files).
+    data_dir: root of the local files (`source="local"`).
+    tfds_data_dir: TFDS data dir (default: TFDS' own).
+  """
   source: str = "tfds"
   data_dir: Optional[str] = None
   tfds_data_dir: Optional[str] = None
@@ -76,6 +85,7 @@ class SourceConfig:
     if self.source == "local" and not self.data_dir:
       raise ValueError(
           "the local data source needs a data directory: "
+          "sources.SourceConfig.data_dir (gin), "
           "sources.configure(source='local', data_dir=...) or "
           f"${DATA_DIR_ENV}.")
 
@@ -83,376 +93,44 @@ class SourceConfig:
 _EXPLICIT: Optional[SourceConfig] = None
 
 
-def configure(source: str = "tfds", data_dir: Optional[str] = None,
+def configure(source: Union[str, SourceConfig] = "tfds",
+              data_dir: Optional[str] = None,
               tfds_data_dir: Optional[str] = None) -> SourceConfig:
-  """Switches every benchmark task to `source` (bindable in gin).
+  """Switches every benchmark task to a source, from the next read on.
 
   Args:
-    source: "tfds" (prepared TFDS datasets) or "local" (official files).
+    source: a `SourceConfig` (then no other argument), or "tfds" / "local".
     data_dir: root of the local files (`source="local"`).
     tfds_data_dir: TFDS data dir (default: TFDS' own).
 
   Returns:
-    the new configuration, used from the next dataset read on.
+    the configuration now in force.
   """
   global _EXPLICIT
-  _EXPLICIT = SourceConfig(source, data_dir, tfds_data_dir)
+  if isinstance(source, SourceConfig):
+    if data_dir is not None or tfds_data_dir is not None:
+      raise ValueError("sources.configure: give a SourceConfig or its fields, "
+                       "not both.")
+    _EXPLICIT = source
+  else:
+    _EXPLICIT = SourceConfig(source, data_dir, tfds_data_dir)
   return _EXPLICIT
 
 
 def reset():
-  """Forgets a `configure` call (gin bindings and env vars apply again)."""
+  """Forgets the explicit configuration (the environment applies again)."""
   global _EXPLICIT
   _EXPLICIT = None
-
-
-def _gin_bindings() -> dict[str, Any]:
-  try:
-    return dict(gin.get_bindings(configure))
-  except ValueError:  # `configure` is not registered with gin.
-    return {}
 
 
 def current_config() -> SourceConfig:
   """The configuration in force now (see the module docstring)."""
   if _EXPLICIT is not None:
     return _EXPLICIT
-  bound = _gin_bindings()
-  if bound:
-    unknown = set(bound) - {"source", "data_dir", "tfds_data_dir"}
-    if unknown:
-      raise ValueError(
-          f"unknown gin parameters of sources.configure: {unknown}")
-    return SourceConfig(**bound)
   env_source = os.environ.get(SOURCE_ENV)
   data_dir = os.environ.get(DATA_DIR_ENV) or None
   return SourceConfig(env_source or "tfds", data_dir,
                       os.environ.get(TFDS_DATA_DIR_ENV) or None)
-
-
-# ------------------------------------------------------- local-format readers
-
-Reader = Callable[[str], Iterator[dict]]
-
-
-class DataFileError(ValueError):
-  """A malformed local data file; the message starts with `path:line:`."""
-
-
-def _lines(path: str) -> Iterator[tuple[int, str]]:
-  """(1-based line number, line without its newline); a BOM is dropped."""
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8-sig") as f:
-    for i, line in enumerate(f, 1):
-      yield i, line.rstrip("\r\n")
-
-
-def _json_lines(path: str) -> Iterator[tuple[int, dict]]:
-  for i, line in _lines(path):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataFileError(f"{path}:{i}: invalid JSON ({e.msg}).") from e
-    if not isinstance(row, dict):
-      raise DataFileError(f"{path}:{i}: expected a JSON object, got "
-                          f"{type(row).__name__}.")
-    yield i, row
-
-
-def _label_value(value: str, names, label_type, where: str):
-  if names and value in names:
-    return names.index(value)
-  try:
-    return label_type(value)
-  except ValueError:
-    expected = f"one of {list(names)} or " if names else ""
-    raise DataFileError(f"{where}: label {value!r} is not {expected}a "
-                        f"{label_type.__name__}.") from None
-
-
-def glue_tsv(features: Mapping[str, Any], label_column: Any,
-             label_names: Optional[Sequence[str]], header: bool = True,
-             label_type: type = int, drop_short_rows: bool = False) -> Reader:
-  """GLUE TSV (tab-separated, no quoting), as TFDS' `glue` builder reads it.
-
-  Args:
-    features: feature name -> column name (header) or index (no header).
-    label_column: the label column; absent from the header = unlabelled (-1).
-    label_names: class names in label-index order, or None for numeric labels.
-    header: whether the first line names the columns (CoLA has none).
-    label_type: int (classes) or float (STS-B).
-    drop_short_rows: skip rows with missing fields, as TFDS does for QQP's
-      train file (logged); otherwise such a row is an error.
-
-  Returns:
-    a reader yielding `{feature: str, "label": ..., "idx": row number}`.
-  """
-  def read(path):
-    rows = _lines(path)
-    if header:
-      _, head = next(rows, (1, ""))
-      names = head.split("\t")
-      missing = [c for c in features.values() if c not in names]
-      if missing or not head:
-        raise DataFileError(
-            f"{path}:1: header {names} lacks columns {missing}.")
-      cols = {f: names.index(c) for f, c in features.items()}
-      label_col = names.index(label_column) if label_column in names else None
-      width = len(names)
-    else:
-      cols, label_col = dict(features), label_column
-      width = max(list(cols.values()) + [label_col]) + 1
-    dropped = []
-    for n, (i, line) in enumerate(r for r in rows if r[1]):
-      fields = line.split("\t")
-      if len(fields) != width:
-        if drop_short_rows and len(fields) < width:
-          dropped.append(i)
-          continue
-        raise DataFileError(f"{path}:{i}: expected {width} tab-separated "
-                            f"fields, got {len(fields)}.")
-      ex = {f: fields[c] for f, c in cols.items()}
-      ex["label"] = (-1 if label_col is None else _label_value(
-          fields[label_col], label_names, label_type, f"{path}:{i}"))
-      ex["idx"] = n
-      yield ex
-    if dropped:
-      logging.warning("%s: dropped %d rows with missing fields (as TFDS "
-                      "does), lines %s", path, len(dropped), dropped[:10])
-  return read
-
-
-def mrpc_source(split: str) -> Reader:
-  """MRPC from GLUE's sources (`msr_paraphrase_train.txt` + `dev_ids.tsv`).
-
-  This is how GLUE and TFDS build MRPC: rows listed in `dev_ids.tsv` form the
-  dev split, the others train; `idx` is the row number in the source file.
-  """
-  def read(path):
-    ids_path = os.path.join(os.path.dirname(path), "dev_ids.tsv")
-    if not os.path.exists(ids_path):
-      raise FileNotFoundError(f"{path}: MRPC needs {ids_path} beside it.")
-    dev_ids = {tuple(line.split("\t")[:2]) for _, line in _lines(ids_path)
-               if line}
-    reader = glue_tsv({"id1": "#1 ID", "id2": "#2 ID", "sentence1":
-                       "#1 String", "sentence2": "#2 String"}, "Quality", None)
-    for ex in reader(path):
-      if ((ex.pop("id1"), ex.pop("id2")) in dev_ids) == (split == "dev"):
-        yield ex
-  return read
-
-
-_SUPER_GLUE_LABELS = {
-    "boolq": ("False", "True"), "multirc": ("False", "True"),
-    "wic": ("False", "True"), "wsc.fixed": ("False", "True"),
-    "cb": ("entailment", "contradiction", "neutral"),
-    "rte": ("entailment", "not_entailment"), "copa": ("choice1", "choice2"),
-}
-_SUPER_GLUE_FIELDS = {
-    "boolq": ("question", "passage"), "cb": ("premise", "hypothesis"),
-    "copa": ("premise", "choice1", "choice2", "question"),
-    "rte": ("premise", "hypothesis"),
-    "wic": ("word", "sentence1", "sentence2", "start1", "start2", "end1",
-            "end2"),
-    "wsc.fixed": ("text", "span1_index", "span2_index", "span1_text",
-                  "span2_text"),
-}
-
-
-def _super_glue_label(config: str, row: dict):
-  """TFDS `_cast_label` + ClassLabel: JSON label -> class index (-1: none)."""
-  if "label" not in row:
-    return -1
-  label = row["label"]
-  if config == "multirc":  # 0/1 in the JSONL; TFDS casts to bool.
-    label = bool(label)
-  if config == "copa":
-    label = "choice2" if label else "choice1"
-  elif isinstance(label, bool):
-    label = "True" if label else "False"
-  names = _SUPER_GLUE_LABELS[config]
-  if label not in names:
-    raise KeyError(f"label {label!r} is not one of {names}")
-  return names.index(label)
-
-
-def _fix_wsc_spans(ex: dict) -> dict:
-  """TFDS/HF `wsc.fixed`: makes span texts substrings of the text."""
-  for k in ("span1", "span2"):
-    text = ex[k + "_text"]
-    if text in ex["text"] or text in ("Kamenev and Zinoviev",
-                                      "Kamenev, Zinoviev, and Stalin"):
-      continue
-    if "theyscold" in text:  # TFDS discards the replaced text; so do we.
-      ex["span2_index"] = 10
-    first_word = ex["text"].split()[ex[k + "_index"]]
-    text = (text[0].lower() if first_word[0].islower() else
-            text[0].upper()) + text[1:]
-    ex[k + "_text"] = text.rstrip(".").replace("\n", " ")
-  return ex
-
-
-def _super_glue_examples(config: str, row: dict) -> Iterator[dict]:
-  if config == "multirc":
-    paragraph = row["passage"]
-    for q in paragraph["questions"]:
-      for a in q["answers"]:
-        yield {"paragraph": paragraph["text"], "question": q["question"],
-               "answer": a["text"], "label": _super_glue_label(config, a),
-               "idx": {"paragraph": row["idx"], "question": q["idx"],
-                       "answer": a["idx"]}}
-  elif config == "record":
-    passage = row["passage"]
-    text = passage["text"]
-    entities = sorted({text[e["start"]:e["end"] + 1]
-                       for e in passage["entities"]})
-    for qa in row["qas"]:
-      yield {"passage": text, "query": qa["query"], "entities": entities,
-             "answers": sorted({a["text"] for a in qa.get("answers", [])}),
-             "idx": {"passage": row["idx"], "query": qa["idx"]}}
-  else:
-    if config == "wsc.fixed":
-      row = {**row, **row["target"]}
-    ex = {f: row[f] for f in _SUPER_GLUE_FIELDS[config]}
-    if config == "wsc.fixed":
-      ex = _fix_wsc_spans(ex)
-    ex["idx"] = row["idx"]
-    ex["label"] = _super_glue_label(config, row)
-    yield ex
-
-
-def super_glue_jsonl(config: str) -> Reader:
-  """SuperGLUE JSONL (`train.jsonl`/`val.jsonl`) as TFDS' `super_glue`."""
-  def read(path):
-    for i, row in _json_lines(path):
-      try:
-        yield from _super_glue_examples(config, row)
-      except (KeyError, IndexError, TypeError) as e:
-        raise DataFileError(f"{path}:{i}: not a SuperGLUE {config} record "
-                            f"({type(e).__name__}: {e}).") from e
-  return read
-
-
-def nli_jsonl(label_names: Sequence[str]) -> Reader:
-  """Derived NLI JSONL: `premise`, `hypothesis`, `label` (name or index)."""
-  def read(path):
-    for n, (i, row) in enumerate(_json_lines(path)):
-      try:
-        label = row["label"]
-        yield {"premise": row["premise"], "hypothesis": row["hypothesis"],
-               "label": (label_names.index(label) if isinstance(label, str)
-                         else int(label)), "idx": n}
-      except (KeyError, ValueError) as e:
-        raise DataFileError(f"{path}:{i}: not a premise/hypothesis/label "
-                            f"record with label in {list(label_names)} "
-                            f"({type(e).__name__}: {e}).") from e
-  return read
-
-
-def scitail_tsv(path: str) -> Iterator[dict]:
-  """SciTail `tsv_format` (premise, hypothesis, entails|neutral), as TFDS."""
-  names = ("entails", "neutral")
-  for i, line in _lines(path):
-    if not line:
-      continue
-    fields = next(csv.reader([line], delimiter="\t"))
-    if len(fields) != 3:
-      raise DataFileError(f"{path}:{i}: expected 3 tab-separated fields, got "
-                          f"{len(fields)}.")
-    yield {"premise": fields[0], "hypothesis": fields[1],
-           "label": _label_value(fields[2], names, int, f"{path}:{i}")}
-
-
-def scitail_snli_jsonl(path: str) -> Iterator[dict]:
-  """SciTail `snli_format` JSONL (sentence1, sentence2, gold_label), DePT's."""
-  names = ("entailment", "neutral")
-  for i, row in _json_lines(path):
-    if "sentence1" not in row or "sentence2" not in row:
-      raise DataFileError(f"{path}:{i}: expected sentence1/sentence2/"
-                          "gold_label (SciTail snli_format).")
-    yield {"premise": row["sentence1"], "hypothesis": row["sentence2"],
-           "label": _label_value(row.get("gold_label", ""), names, int,
-                                 f"{path}:{i}")}
-
-
-def paws_tsv(path: str) -> Iterator[dict]:
-  """PAWS-Wiki `{train,dev,test}.tsv` (id, sentence1, sentence2, label)."""
-  with open(path, encoding="utf-8") as f:
-    reader = csv.DictReader(f, delimiter="\t")
-    for row in reader:
-      try:
-        yield {"sentence1": row["sentence1"], "sentence2": row["sentence2"],
-               "label": int(row["label"])}
-      except (KeyError, TypeError, ValueError) as e:
-        raise DataFileError(f"{path}:{reader.line_num}: malformed PAWS row "
-                            f"({type(e).__name__}: {e}).") from e
-
-
-def winogrande_jsonl(path: str) -> Iterator[dict]:
-  """WinoGrande 1.1 JSONL; label = answer - 1 (-1 where unlabelled)."""
-  for i, row in _json_lines(path):
-    try:
-      answer = row.get("answer", "")
-      yield {"sentence": row["sentence"], "option1": row["option1"],
-             "option2": row["option2"],
-             "label": int(answer) - 1 if answer != "" else -1}
-    except (KeyError, ValueError) as e:
-      raise DataFileError(f"{path}:{i}: malformed WinoGrande record "
-                          f"({type(e).__name__}: {e}).") from e
-
-
-def yelp_csv(path: str) -> Iterator[dict]:
-  """Yelp polarity CSV, parsed like TFDS/HF (`"1","text"` per line)."""
-  for i, line in _lines(path):
-    if not line:
-      continue
-    if len(line) < 6 or line[0] != '"' or line[1] not in "12" or (
-        line[2:5] != '","' or line[-1] != '"'):
-      raise DataFileError(f'{path}:{i}: expected a line "1|2","text".')
-    yield {"text": line[5:-1].strip(), "label": int(line[1]) - 1}
-
-
-def squad_json(path: str) -> Iterator[dict]:
-  """SQuAD v1.1 JSON (`data` -> paragraphs -> qas), one example per qa."""
-  with open(path, encoding="utf-8") as f:
-    try:
-      data = json.load(f)["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-      raise DataFileError(f"{path}: not a SQuAD JSON file ({e}).") from e
-  for a, article in enumerate(data):
-    for p, para in enumerate(article.get("paragraphs", [])):
-      for q, qa in enumerate(para.get("qas", [])):
-        try:
-          yield {"id": qa["id"], "title": article.get("title", ""),
-                 "context": para["context"], "question": qa["question"],
-                 "answers": {"text": [x["text"] for x in qa["answers"]],
-                             "answer_start": [x["answer_start"]
-                                              for x in qa["answers"]]}}
-        except (KeyError, TypeError) as e:
-          raise DataFileError(f"{path}: data[{a}].paragraphs[{p}].qas[{q}]: "
-                              f"missing {e}.") from e
-
-
-def mrqa_jsonl_gz(path: str) -> Iterator[dict]:
-  """MRQA 2019 `<Name>.jsonl.gz`: header line, then one paragraph per line."""
-  rows = _json_lines(path)
-  i, head = next(rows, (1, {}))
-  subset = head.get("header", {}).get("dataset") if isinstance(
-      head.get("header"), dict) else None
-  if subset is None:
-    raise DataFileError(f"{path}:{i}: expected the MRQA header line.")
-  for i, para in rows:
-    try:
-      context = para["context"].strip()
-      for qa in para["qas"]:
-        yield {"subset": subset, "context": context, "qid": qa["qid"],
-               "question": qa["question"].strip(),
-               "answers": list(qa["answers"])}
-    except (KeyError, AttributeError, TypeError) as e:
-      raise DataFileError(f"{path}:{i}: malformed MRQA paragraph "
-                          f"({type(e).__name__}: {e}).") from e
 
 
 # ---------------------------------------------------------------- raw datasets
@@ -514,10 +192,10 @@ def _build_glue() -> list[RawDataset]:
   v = "2.0.0"
   nli3 = ("entailment", "neutral", "contradiction")
   nli2 = ("entailment", "not_entailment")
-  tsv = glue_tsv
+  tsv = readers.glue_tsv
   mnli_tsv = tsv({"premise": "sentence1", "hypothesis": "sentence2"},
                  "gold_label", nli3)
-  mnli_json = nli_jsonl(nli3)
+  mnli_json = readers.nli_jsonl(nli3)
 
   def mnli_files(kind):
     return [(f"dev_{kind}.tsv", mnli_tsv), (f"dev_{kind}.jsonl", mnli_json)]
@@ -533,7 +211,7 @@ def _build_glue() -> list[RawDataset]:
             tsv({"sentence": "sentence"}, "label", None)),
       _glue("mrpc", v, _pair("sentence1", "sentence2"),
             {"train": [("source/msr_paraphrase_train.txt",
-                        mrpc_source("train")), ("train.tsv", mrpc)],
+                        readers.mrpc_source("train")), ("train.tsv", mrpc)],
              "validation": "dev.tsv"}, mrpc),
       _glue("qqp", v, _pair("question1", "question2"),
             {"train": "train.tsv", "validation": "dev.tsv"},
@@ -587,7 +265,7 @@ def _build_super_glue() -> list[RawDataset]:
   out = []
   for config, signature in _SUPER_GLUE_SIGNATURES.items():
     folder = config.split(".")[0]
-    reader = super_glue_jsonl(config)
+    reader = readers.super_glue_jsonl(config)
     local = {"train": [LocalFile(f"super_glue/{folder}/train.jsonl", reader)],
              "validation": [LocalFile(f"super_glue/{folder}/val.jsonl",
                                       reader)]}
@@ -609,19 +287,19 @@ def _build_others() -> list[RawDataset]:
       {"id": STR, "title": STR, "context": STR, "question": STR,
        "answers": {"text": STRS, "answer_start": tf.TensorSpec((None,),
                                                                tf.int32)}},
-      {"train": [LocalFile("squad/train-v1.1.json", squad_json)],
-       "validation": [LocalFile("squad/dev-v1.1.json", squad_json)]},
+      {"train": [LocalFile("squad/train-v1.1.json", readers.squad_json)],
+       "validation": [LocalFile("squad/dev-v1.1.json", readers.squad_json)]},
       None, None)]
   for config, stem in _MRQA_FILES.items():
     out.append(RawDataset(
         f"mrqa/{config}", f"mrqa/{config}:1.0.0",
         {"subset": STR, "context": STR, "qid": STR, "question": STR,
          "answers": STRS},
-        {"train": [LocalFile(f"mrqa/train/{stem}.jsonl.gz", mrqa_jsonl_gz)],
+        {"train": [LocalFile(f"mrqa/train/{stem}.jsonl.gz", readers.mrqa_jsonl_gz)],
          "validation": [LocalFile(f"mrqa/dev/{stem}.jsonl.gz",
-                                  mrqa_jsonl_gz)]},
+                                  readers.mrqa_jsonl_gz)]},
         None, None))
-  wino = winogrande_jsonl
+  wino = readers.winogrande_jsonl
   out.append(RawDataset(
       "winogrande", "winogrande:1.2.0",
       {"sentence": STR, "option1": STR, "option2": STR, "label": I64},
@@ -630,16 +308,16 @@ def _build_others() -> list[RawDataset]:
   out.append(RawDataset(
       "yelp_polarity_reviews", "yelp_polarity_reviews:0.2.0",
       {"text": STR, "label": I64},
-      {"train": [LocalFile("other/yelp_polarity/train.csv", yelp_csv)],
-       "test": [LocalFile("other/yelp_polarity/test.csv", yelp_csv)]},
+      {"train": [LocalFile("other/yelp_polarity/train.csv", readers.yelp_csv)],
+       "test": [LocalFile("other/yelp_polarity/test.csv", readers.yelp_csv)]},
       None))
-  sci_json = nli_jsonl(("entailment", "not_entailment"))
+  sci_json = readers.nli_jsonl(("entailment", "not_entailment"))
   out.append(RawDataset(
       "sci_tail", "sci_tail:1.0.0",
       {"premise": STR, "hypothesis": STR, "label": I64},
       {split: [LocalFile(f"other/scitail/scitail_1.0_{f}.txt",
-                         scitail_snli_jsonl),
-               LocalFile(f"other/scitail/scitail_1.0_{f}.tsv", scitail_tsv),
+                         readers.scitail_snli_jsonl),
+               LocalFile(f"other/scitail/scitail_1.0_{f}.tsv", readers.scitail_tsv),
                LocalFile(f"other/scitail/{f}.jsonl", sci_json)]
        for split, f in (("train", "train"), ("validation", "dev"),
                         ("test", "test"))}, None))
@@ -647,7 +325,7 @@ def _build_others() -> list[RawDataset]:
       "paws_wiki/labeled_final_tokenized",
       "paws_wiki/labeled_final_tokenized:1.1.0",
       {"sentence1": STR, "sentence2": STR, "label": I64},
-      {split: [LocalFile(f"other/paws_wiki/{f}.tsv", paws_tsv)]
+      {split: [LocalFile(f"other/paws_wiki/{f}.tsv", readers.paws_tsv)]
        for split, f in (("train", "train"), ("validation", "dev"),
                         ("test", "test"))}, None))
   return out
@@ -703,8 +381,11 @@ def _tfds_dataset(raw: RawDataset, split: str, cfg: SourceConfig,
   except AssertionError as e:  # TFDS' "dataset not prepared" error.
     raise FileNotFoundError(
         f"task {task!r}: TFDS dataset {raw.tfds_name} is not prepared "
-        f"({e}); build it with `tfds build` or switch to local files with "
-        "sources.configure(source='local', data_dir=...).") from e
+        f"({e}); build it with `tfds build` or switch to local files: "
+        "seqio_data.SeqioData.source = @sources.SourceConfig() with "
+        "sources.SourceConfig.source = 'local' (gin), "
+        "sources.configure(source='local', data_dir=...) or "
+        f"${SOURCE_ENV}=local.") from e
 
 
 def read_raw(raw: RawDataset, split: str, cfg: Optional[SourceConfig] = None,

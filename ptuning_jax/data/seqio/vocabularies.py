@@ -1,10 +1,11 @@
 """SeqIO vocabularies: T5 SentencePiece (by path) and byte-level.
 
 The SentencePiece model path is resolved when a vocabulary is first used,
-in order, from: a `configure(spm_path=...)` call, its gin binding
-(`vocabularies.configure.spm_path = '/path/spiece.model'`), the
-`PTUNING_JAX_SPM_PATH` environment variable, and T5's public vocabulary on
-GCS (which needs network access; set one of the others for offline use).
+in order, from: the explicit configuration (`configure(spm_path=...)`; a
+run's gin file binds `seqio_data.SeqioData.spm_path`, which `SeqioData`
+applies when built), the `PTUNING_JAX_SPM_PATH` environment variable, and
+T5's public vocabulary on GCS (which needs network access; set one of the
+others for offline use).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import functools
 import os
 from typing import Optional
 
-import gin
 import seqio
 
 T5_GCS_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
@@ -26,19 +26,13 @@ _CONFIGURED: dict = {}
 
 
 def configure(spm_path: Optional[str] = None) -> None:
-  """Sets the SentencePiece model path of the T5 tasks (bindable in gin)."""
+  """Sets the SentencePiece model path of the T5 tasks (None forgets it)."""
   _CONFIGURED["spm_path"] = spm_path
 
 
-def _gin_spm_path() -> Optional[str]:
-  try:
-    return dict(gin.get_bindings(configure)).get("spm_path")
-  except ValueError:  # `configure` is not registered with gin.
-    return None
-
-
 def default_spm_path() -> str:
-  return (_CONFIGURED.get("spm_path") or _gin_spm_path()
+  """The configured path, else $PTUNING_JAX_SPM_PATH, else T5's GCS copy."""
+  return (_CONFIGURED.get("spm_path")
           or os.environ.get(SPM_PATH_ENV, T5_GCS_SPM_PATH))
 
 

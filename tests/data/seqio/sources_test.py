@@ -7,6 +7,7 @@ import gin
 import pytest
 import tensorflow_datasets as tfds
 
+from ptuning_jax.data import readers
 from ptuning_jax.data.seqio import sources
 
 
@@ -40,27 +41,34 @@ def _write(path, text, gz=False):
 
 
 def test_default_is_tfds():
-  gin.clear_config()  # other tests in this worker may have left bindings
   sources.reset()
   assert sources.current_config() == sources.SourceConfig("tfds", None, None)
 
 
-def test_env_then_gin_then_explicit(monkeypatch, tmp_path):
+def test_env_then_explicit(monkeypatch, tmp_path):
   monkeypatch.setenv(sources.SOURCE_ENV, "local")
   monkeypatch.setenv(sources.DATA_DIR_ENV, "/env/dir")
   assert sources.current_config() == sources.SourceConfig("local", "/env/dir")
+  sources.configure("tfds", tfds_data_dir=str(tmp_path))
+  assert sources.current_config() == sources.SourceConfig(
+      "tfds", None, str(tmp_path))
+  config = sources.SourceConfig("local", "/explicit/dir")
+  assert sources.configure(config) is config
+  assert sources.current_config() is config
+  sources.reset()
+  assert sources.current_config().data_dir == "/env/dir"
+
+
+def test_gin_bindings_are_not_read_by_the_library():
+  # Gin wires runs (SeqioData.source); the module never consults gin, so a
+  # binding of a function nobody calls through gin changes nothing.
   gin.parse_config("""
       from __gin__ import dynamic_registration
       from ptuning_jax.data.seqio import sources
       sources.configure.source = 'local'
       sources.configure.data_dir = '/gin/dir'
   """)
-  assert sources.current_config().data_dir == "/gin/dir"
-  sources.configure("tfds", tfds_data_dir=str(tmp_path))
-  assert sources.current_config() == sources.SourceConfig(
-      "tfds", None, str(tmp_path))
-  sources.reset()
-  assert sources.current_config().data_dir == "/gin/dir"
+  assert sources.current_config() == sources.SourceConfig("tfds", None, None)
 
 
 def test_config_errors():
@@ -68,6 +76,8 @@ def test_config_errors():
     sources.configure("hf")
   with pytest.raises(ValueError, match="needs a data directory"):
     sources.configure("local")
+  with pytest.raises(ValueError, match="not both"):
+    sources.configure(sources.SourceConfig(), data_dir="/x")
 
 
 def test_missing_file_names_path_and_task(tmp_path):
@@ -87,7 +97,7 @@ def test_malformed_tsv_names_file_and_line(tmp_path):
     _read("glue/rte", "validation", tmp_path)
   raw = sources.raw_dataset("glue/rte")
   reader = raw.local["validation"][0].reader
-  with pytest.raises(sources.DataFileError, match=f"{path}:3"):
+  with pytest.raises(readers.DataFileError, match=f"{path}:3"):
     list(reader(str(path)))
 
 
@@ -95,7 +105,7 @@ def test_bad_label_names_file_and_line(tmp_path):
   path = tmp_path / "glue" / "rte" / "dev.tsv"
   _write(str(path), "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
   reader = sources.raw_dataset("glue/rte").local["validation"][0].reader
-  with pytest.raises(sources.DataFileError, match=f"{path}:2: label 'maybe'"):
+  with pytest.raises(readers.DataFileError, match=f"{path}:2: label 'maybe'"):
     list(reader(str(path)))
 
 
@@ -151,7 +161,7 @@ def test_super_glue_bad_record_names_line(tmp_path):
   _write(str(path), json.dumps({"premise": "p", "hypothesis": "h", "idx": 0,
                                 "label": "neutral"}) + "\n{\"premise\": 1}\n")
   reader = sources.raw_dataset("super_glue/cb").local["validation"][0].reader
-  with pytest.raises(sources.DataFileError, match=f"{path}:2"):
+  with pytest.raises(readers.DataFileError, match=f"{path}:2"):
     list(reader(str(path)))
 
 
@@ -210,7 +220,7 @@ def test_yelp_malformed_line(tmp_path):
   path = tmp_path / "other" / "yelp_polarity" / "test.csv"
   _write(str(path), '"1","ok"\n3,nope\n')
   reader = sources.raw_dataset("yelp_polarity_reviews").local["test"][0].reader
-  with pytest.raises(sources.DataFileError, match=f"{path}:2"):
+  with pytest.raises(readers.DataFileError, match=f"{path}:2"):
     list(reader(str(path)))
 
 
