@@ -60,10 +60,13 @@ EXTRA_OF = {"tensorflow": "data", "tensorflow_datasets": "data", "seqio": "data"
 
 
 def _installed(module: str) -> bool:
-  """Whether `module` is installed. A folder of tests named like it (e.g.
-  tests/data/seqio on sys.path) is a namespace package, not the module."""
+  """Whether `module` is installed; a folder of this repository that a test put
+  on sys.path (tests/data/seqio for seqio) is a namespace package, not it."""
   spec = importlib.util.find_spec(module)
-  return spec is not None and spec.origin is not None
+  if spec is None or spec.origin is not None:
+    return spec is not None
+  return any(REPO not in pathlib.Path(p).resolve().parents
+             for p in spec.submodule_search_locations)
 
 
 def _skip_reason(module: str, what: str) -> str:
@@ -73,7 +76,7 @@ def _skip_reason(module: str, what: str) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-  """`@pytest.mark.needs("tensorflow", "seqio")`: skip unless those import."""
+  """`@pytest.mark.needs("tensorflow", "seqio")`: skip unless those are installed."""
   for marker in item.iter_markers("needs"):
     for module in marker.args:
       if not _installed(module):

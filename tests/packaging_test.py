@@ -3,11 +3,15 @@ under ptuning_jax/ or tests/ comes from the core install or an extra that the
 `test` extra includes; modules imported at import time outside
 `ptuning_jax.data.seqio` come from the core install alone (a core-only install
 imports them); jax/jaxlib/flax carry upper bounds and the installed versions
-lie in setup.py's ranges; every extra that brings in torch pins the CPU build.
+lie in setup.py's ranges; every extra that brings in torch pins the CPU build;
+in CI (a fresh virtualenv with the `test` extra) every imported module is
+installed, so that no test there skips for want of an install step.
 """
 import ast
 import functools
 import importlib.metadata
+import importlib.util
+import os
 import pathlib
 import re
 import runpy
@@ -80,6 +84,16 @@ def _imports(path: pathlib.Path) -> tuple[set[str], set[str]]:
   third_party = lambda mods: {m for m in mods if m not in sys.stdlib_module_names
                               and m not in LOCAL and not m.startswith("_")}
   return third_party(eager), third_party(every)
+
+
+def _installed(module: str) -> bool:
+  """Whether `module` is installed; a folder of this repository that a test put
+  on sys.path (tests/data/seqio for seqio) is a namespace package, not it."""
+  spec = importlib.util.find_spec(module)
+  if spec is None or spec.origin is not None:
+    return spec is not None
+  return any(REPO not in pathlib.Path(p).resolve().parents
+             for p in spec.submodule_search_locations)
 
 
 @functools.cache
@@ -174,3 +188,12 @@ def test_every_extra_that_brings_torch_pins_the_cpu_build(setup_kwargs):
       assert torch_lines, (f"extra {extra!r} installs {sorted(names & TORCH_USERS)}, which "
                            f"require torch, without {TORCH_PIN}: pip would pick a CUDA build")
   assert not _names(setup_kwargs["install_requires"]) & TORCH_USERS
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="only CI (.ci/run: a fresh virtualenv "
+                    "with the `test` extra) must have every optional module")
+def test_ci_has_every_imported_module_installed():
+  files = sorted(PACKAGE.rglob("*.py")) + sorted((REPO / "tests").rglob("*.py"))
+  modules = set().union(*(_imports(path)[1] for path in files))
+  missing = sorted(m for m in modules if not _installed(m))
+  assert not missing, f"imported under ptuning_jax/ or tests/ but not installed: {missing}"

@@ -6,8 +6,9 @@ import importlib.util
 
 import pytest
 
+# origin None: a namespace package, here this very folder when tests/data is on
+# sys.path; the three are regular packages.
 MISSING = [m for m in ("tensorflow", "tensorflow_datasets", "seqio")
-           # origin None: a namespace package such as this folder, not seqio.
            if (spec := importlib.util.find_spec(m)) is None or spec.origin is None]
 
 
