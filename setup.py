@@ -7,7 +7,10 @@ import setuptools
 
 # jax/jaxlib/flax: the range the suite passes on. 0.10.2/0.12.8 (Python 3.11)
 # and 0.11.2/0.12.12 (Python 3.12; jax 0.11 needs it) pass; on jax 0.12.1 two
-# sharded-vs-unsharded method tests exceed their 1e-5 tolerance (1.47e-5).
+# sharded-vs-unsharded method tests exceed their 1e-5 tolerance (1.0e-5 to
+# 1.5e-5: compose_test, prefix_tuning_test). scipy/scikit-learn: data/metrics;
+# tokenizers: the BERT-family tokenizer (data/tokenization); grain: the data
+# pipeline. None of them needs TensorFlow or torch.
 CORE = [
     "jax>=0.10.2,<0.12",
     "jaxlib>=0.10.2,<0.12",
