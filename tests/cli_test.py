@@ -2,6 +2,7 @@
 import json
 import os
 
+import pytest
 
 from ptuning_jax import cli
 
@@ -25,6 +26,7 @@ def test_unknown_command(capsys):
   assert "unknown command 'trian'" in capsys.readouterr().err
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_train_eval_infer(tmp_path, byte_backbone, capsys):
   model_dir = tmp_path / "run"
   assert cli.main(["train", *_flags(byte_backbone, model_dir)]) == 0
@@ -56,6 +58,7 @@ def test_train_eval_infer(tmp_path, byte_backbone, capsys):
   assert all(isinstance(r["prediction"], str) for r in rows)
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_wrong_binding_is_named(tmp_path, byte_backbone, capsys):
   code = cli.main(["train", *_flags(byte_backbone, tmp_path / "x"),
                    "--gin.train.train.num_stepz=3"])
@@ -64,6 +67,7 @@ def test_wrong_binding_is_named(tmp_path, byte_backbone, capsys):
   assert "num_stepz" in err and "bindings" in err
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_missing_checkpoint_dir_is_named(tmp_path, capsys):
   code = cli.main(["train", *_flags(str(tmp_path / "no_such_ckpt"), tmp_path / "x")])
   assert code == 1

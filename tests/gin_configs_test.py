@@ -28,7 +28,8 @@ def test_there_are_gin_files():
 
 
 @pytest.mark.parametrize("path", GIN_FILES + CONFIGS)
-def test_gin_file_parses(path):
+def test_gin_file_parses(path, gin_imports):
+  gin_imports(path)
   gin_utils.parse([path], [])
 
 
@@ -55,6 +56,7 @@ def test_no_init_py_in_gin_dir():
   assert hasattr(gin_pkg, "parse_config_files_and_bindings")
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_bad_binding_names_the_culprit():
   with pytest.raises(gin_utils.GinConfigError, match="num_stepz"):
     gin_utils.parse(["gin/runs/prompt_finetune.gin"], ["run.train.num_stepz = 3"])
@@ -65,6 +67,7 @@ def test_missing_gin_file_is_named():
     gin_utils.parse(["gin/runs/nope.gin"], [])
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_include_probes_are_not_logged_as_errors(tmp_path, monkeypatch, caplog):
   monkeypatch.chdir(tmp_path)  # includes are probed relative to the cwd first
   with caplog.at_level(logging.INFO):

@@ -155,6 +155,7 @@ def test_wsc_simple_postprocessor():
   assert post.wsc_simple("Bob's hat", example=ex2) == 0
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_register_labels_validates():
   with pytest.raises(ValueError, match="distinct"):
     post.register_labels("x_test_task", ["a", "a"])

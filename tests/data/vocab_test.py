@@ -68,6 +68,7 @@ def _random_id_rows(vocab_size, rng, rows=200):
   return out
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_sentencepiece_special_ids(spm_pair):
   ours, theirs = spm_pair
   assert ours.vocab_size == theirs.vocab_size == 32100
@@ -79,6 +80,7 @@ def test_sentencepiece_special_ids(spm_pair):
     ours.sentinel_id(100)
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_sentencepiece_matches_seqio(spm_pair, sentences):
   ours, theirs = spm_pair
   for text in sentences + EXTRA_TEXTS:
@@ -87,6 +89,7 @@ def test_sentencepiece_matches_seqio(spm_pair, sentences):
     assert ours.decode(ids + [1, 57, 0]) == theirs.decode(ids + [1, 57, 0])
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_sentencepiece_decode_matches_seqio_on_random_ids(spm_pair):
   ours, theirs = spm_pair
   rng = np.random.default_rng(0)
@@ -96,6 +99,7 @@ def test_sentencepiece_decode_matches_seqio_on_random_ids(spm_pair):
   assert ours.decode(row) == "Hello world"
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_sentencepiece_matches_hf_t5_tokenizer(spm_pair, sentences, tmp_path,
                                                t5_vocab_path):
   transformers = pytest.importorskip("transformers")
@@ -112,6 +116,7 @@ def test_sentencepiece_bad_path(tmp_path):
     vocab_lib.SentencePieceVocab(tmp_path / "nope.model")
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_byte_vocab_matches_seqio(sentences):
   import seqio  # pylint: disable=g-import-not-at-top
   ours, theirs = vocab_lib.ByteVocab(), seqio.ByteVocabulary()
@@ -126,6 +131,7 @@ def test_byte_vocab_matches_seqio(sentences):
     assert ours.decode(ids) == theirs.decode(ids), ids
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_byte_vocab_known_ids_without_shared_data():
   import seqio  # pylint: disable=g-import-not-at-top
   ours = vocab_lib.ByteVocab()

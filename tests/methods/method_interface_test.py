@@ -29,9 +29,10 @@ GIN_BINDINGS = {"multitask": ["NUM_TASKS = 3"], "dept": ["TRAIN_STEPS = 10"],
 
 
 @pytest.mark.parametrize("name", sorted(methods.REGISTRY))
-def test_gin_file_builds_the_registered_method(name):
+def test_gin_file_builds_the_registered_method(name, gin_imports):
   info = methods.get(name)
   assert os.path.exists(os.path.join(gin_utils.REPO_ROOT, info.gin_file))
+  gin_imports(info.gin_file)
   gin_utils.parse([info.gin_file], GIN_BINDINGS.get(name, []))
   try:
     factory = gin.query_parameter("%METHOD").scoped_configurable_fn

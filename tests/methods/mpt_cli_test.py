@@ -5,6 +5,11 @@ import json
 import numpy as np
 import pytest
 
+for _module in ("tensorflow", "seqio"):
+  pytest.importorskip(_module, reason=f"{_module} is not installed; MPT through the CLI "
+                      "reads seqio tasks (the `data` extra).")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from ptuning_jax import cli
 from ptuning_jax import testing
 from ptuning_jax.data import vocab as vocab_lib

