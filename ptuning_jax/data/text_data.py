@@ -76,14 +76,15 @@ class TextTaskData:
       preds = [self.vocab.decode(p.tolist()) for p in pred_ids]
       return _accuracy(targets, preds)
 
-    candidates = rank_metrics = None
-    if self.label_strings:
-      candidates = candidate_arrays(self.vocab, self.label_strings,
-                                    self.feature_lengths["targets"])
+    if not self.label_strings:
+      return evaluation.EvalData(ds, compute_metrics)
 
-      def rank_metrics(scores):
-        preds = [self.label_strings[i] for i in np.argmax(scores, axis=-1)]
-        return _accuracy(targets, preds)
+    def rank_metrics(scores):
+      preds = [self.label_strings[i] for i in np.argmax(scores, axis=-1)]
+      return _accuracy(targets, preds)
+
+    candidates = candidate_arrays(self.vocab, self.label_strings,
+                                  self.feature_lengths["targets"])
     return evaluation.EvalData(ds, compute_metrics, candidates, rank_metrics)
 
   def encode_inputs(self, texts: Sequence[str]) -> pipeline.ArrayDataset:

@@ -465,7 +465,7 @@ def majority_scores(datasets: Mapping[str, classification.ClassificationData],
 def render_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
                  methods: Sequence[str],
                  baselines: Optional[Mapping[str, float]] = None) -> str:
-  """Markdown: methods x tasks, cells `mean ± std` of the score x 100 over
+  """Markdown: methods x tasks, cells `mean ± std` of the score (percent) over
   seeds, plus the average over tasks (per seed, then mean ± std), the
   trainable parameter count (largest over tasks: heads differ by C) and the
   summed wall time of the method's runs. `baselines` (task -> score, e.g.
@@ -487,17 +487,17 @@ def render_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
         values.append("—")
         continue
       mean, std = _mean_std(list(cell["scores"].values()))
-      values.append(f"{100 * mean:.1f} ± {100 * std:.1f}")
+      values.append(f"{mean:.1f} ± {std:.1f}")
     average = _average_scores(cells, method, tasks)
     avg = "—" if average is None else "{:.1f} ± {:.1f}".format(
-        *[100 * v for v in _mean_std(average)])
+        *_mean_std(average))
     seconds = sum(c["seconds"] for c in present)
     seeds = sorted({s for c in present for s in c["scores"]})
     lines.append("| " + " | ".join([method, f"{params:,}"] + values + [
         avg, f"{seconds:.0f}", ",".join(map(str, seeds))]) + " |")
   if baselines:
-    values = [f"{100 * baselines[t]:.1f}" for t in tasks]
-    avg = f"{100 * np.mean([baselines[t] for t in tasks]):.1f}"
+    values = [f"{baselines[t]:.1f}" for t in tasks]
+    avg = f"{np.mean([baselines[t] for t in tasks]):.1f}"
     lines.append("| " + " | ".join(["*majority class*", "0"] + values + [avg, "", ""]) + " |")
   return "\n".join(lines)
 
@@ -533,12 +533,12 @@ def render_plot(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
       if not scores:
         continue
       mean, std = _mean_std(scores)
-      ax.errorbar([params], [100 * mean], yerr=[100 * std], fmt="o", capsize=3,
+      ax.errorbar([params], [mean], yerr=[std], fmt="o", capsize=3,
                   color=colors(m_index % 10), label=method)
     if baselines:
       level = (np.mean([baselines[t] for t in tasks]) if panel == "average"
                else baselines[panel])
-      ax.axhline(100 * level, color="gray", linestyle="--", linewidth=1,
+      ax.axhline(level, color="gray", linestyle="--", linewidth=1,
                  label="majority class")
     ax.set_xscale("log")
     ax.set_title(panel if panel == "average" else panel.upper(), fontsize=10)
