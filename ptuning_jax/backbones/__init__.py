@@ -36,7 +36,8 @@ BERT = registry.register(registry.Family(
     config_type=_bert.BertConfig, module=_bert.BertEncoder, hook_spec=_bert.hook_spec,
     init_args=_two_token_rows, embedding=_bert.word_embeddings,
     load_config=_hf_bert.load_config, load_params=_hf_bert.load_params,
-    save=None, override=_bert.with_overrides, num_params=_bert.num_params))
+    save=_hf_bert.save_checkpoint, override=_bert.with_overrides,
+    num_params=_bert.num_params))
 
 __all__ = ["Backbone", "BackboneSpec", "abstract", "frozen_shardings", "load",
            "registry", "T5", "BERT"]

@@ -66,8 +66,6 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
 from ptuning_jax import hooks as hooks_lib
 from ptuning_jax.backbones import layers

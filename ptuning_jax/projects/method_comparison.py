@@ -120,6 +120,7 @@ class ExperimentConfig:
       `<runs_dir>/xla_cache`; "" disables it).
     keep_checkpoints: keep each finished cell's orbax checkpoints (default:
       deleted once its row is written; full fine-tuning checkpoints are large).
+    mesh_data: devices of the runs' data axis (-1: all).
   """
   tasks: Sequence[str] = tuple(glue.TASKS)
   methods: Sequence[str] = METHODS
@@ -151,6 +152,7 @@ class ExperimentConfig:
   warmup_fraction: float = 0.0
   compilation_cache_dir: Optional[str] = None
   keep_checkpoints: bool = False
+  mesh_data: int = -1
 
   def __post_init__(self):
     for name, values, known in (("tasks", self.tasks, glue.TASKS),
@@ -264,6 +266,7 @@ def run_one(data: classification.ClassificationData, config: ExperimentConfig,
       optimizer=optimizer_config(method, config, steps), num_steps=steps,
       eval_every=steps, eval_config=eval_config, checkpoint_every=steps,
       keep_checkpoints=1, log_every=1, seed=seed, progress_bar=False,
+      mesh=run_lib.MeshConfig(data=config.mesh_data),
       model=functools.partial(models.build, head=head))
   losses = [r["loss"] for r in _train_records(model_dir)]
   head_params = result["head_params"]
@@ -290,8 +293,10 @@ def _train_records(model_dir: str) -> list[dict]:
   """The run's training metrics, one record per logged step, in order."""
   records = []
   for row in read_rows(os.path.join(model_dir, "metrics.jsonl")):
-    if row.get("prefix", "train") == "train" and "loss" in row:
-      records.append(row)
+    if row.get("kind") == "scalars" and row.get("prefix") == "train":
+      records.append(row["metrics"])
+  if not records:
+    raise ValueError(f"{model_dir}/metrics.jsonl holds no training metrics.")
   return records
 
 

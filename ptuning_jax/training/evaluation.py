@@ -75,7 +75,7 @@ class EvalData:
 def _loss(run, params, batches) -> dict:
   totals = {"loss": 0.0, "token_accuracy": 0.0, "target_tokens": 0.0}
   for batch, _ in batches:
-    aux = jax.device_get(run.trainer.eval_step(params, run.backbone.params,
+    aux = jax.device_get(run.trainer.eval_step(params, run.frozen,
                                                run.trainer.place_batch(batch)))
     tokens = float(aux["target_tokens"])
     totals["loss"] += float(aux["loss"]) * tokens
@@ -109,7 +109,7 @@ def _collect(run, name: str, params, dataset, batch_size: int, *extras,
   out = []
   for batch, mask in _batches(dataset, batch_size):
     inputs = run.trainer.place_batch(_inputs_only(batch))
-    value = run.trainer.call(name, params, run.backbone.params, inputs, *extras,
+    value = run.trainer.call(name, params, run.frozen, inputs, *extras,
                              **static)
     out.append(np.asarray(jax.device_get(value))[mask])
   return np.concatenate(out)

@@ -53,6 +53,7 @@ def standard_logical_axis_rules(
       ("vocab", "model"),
       ("mlp", "model"),
       ("heads", "model"),
+      ("kv_heads", "model"),
       ("kv", None),
       ("embed", "data" if fsdp else None),
       ("relpos_buckets", None),
@@ -67,6 +68,7 @@ def standard_logical_axis_rules(
       ("activation_embed", None),
       ("activation_mlp", "model"),
       ("activation_heads", "model"),
+      ("activation_kv_heads", "model"),
       ("activation_kv", None),
       ("activation_vocab", "model"),
   ]
@@ -78,8 +80,14 @@ def standard_logical_axis_rules(
 
 def make_mesh(data: int = -1, model: int = 1,
               devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """Builds a `(data, model)` mesh; -1 in `data` takes all remaining devices."""
+  """Builds a `(data, model)` mesh; -1 in `data` takes all remaining devices.
+
+  A single-process run may ask for fewer devices than it has (the first
+  `data * model` are used); a multi-host mesh must span every device.
+  """
   devices = list(jax.devices() if devices is None else devices)
+  if data != -1 and data * model < len(devices) and jax.process_count() == 1:
+    devices = devices[:data * model]
   if data == -1:
     if len(devices) % model:
       raise ValueError(f"{len(devices)} devices are not divisible by model={model}.")

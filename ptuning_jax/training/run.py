@@ -85,6 +85,7 @@ def build_run(*, backbone: backbones.BackboneSpec, method: Callable[..., Any],
   distillation loss term).
   """
   mesh_ = partitioning.make_mesh(mesh.data, mesh.model)
+  _check_batch_fits(data, mesh_)
   rules = partitioning.standard_logical_axis_rules(fsdp=mesh.fsdp)
   bb = backbones.load(backbone, mesh_, rules)
   method_ = method(spec=bb.spec)
@@ -102,6 +103,16 @@ def build_run(*, backbone: backbones.BackboneSpec, method: Callable[..., Any],
                                 deterministic=deterministic)
   return Run(mesh=mesh_, rules=rules, backbone=bb, model=model_, trainer=trainer,
              state=trainer.place_state(state), data=data)
+
+
+def _check_batch_fits(data: Any, mesh: Any) -> None:
+  """The global batch must split evenly over the mesh's data axis."""
+  size = mesh.shape["data"]
+  batch = getattr(data, "batch_size", None)
+  if batch is not None and batch % size:
+    raise ValueError(f"The batch size {batch} ({type(data).__name__}.batch_size) does "
+                     f"not split over the mesh's data axis of {size} devices; use a "
+                     f"multiple of {size} or set MeshConfig.data.")
 
 
 def _check_task_count(method: Any, data: Any) -> None:

@@ -27,6 +27,7 @@ from ptuning_jax.projects.bench import bench
 from ptuning_jax.projects.bench import compare
 from ptuning_jax.projects.bench import flops
 from ptuning_jax.backbones import layers
+from ptuning_jax.models import losses
 from ptuning_jax.models import seq2seq
 from ptuning_jax.training import optimizers
 from ptuning_jax.training import partitioning
@@ -296,7 +297,7 @@ def test_trainer_donates_the_state():
   frozen = testing.init_params(config)
   shardings = jax.tree_util.tree_map(lambda _: partitioning.replicated(mesh), frozen)
   model = seq2seq.Seq2SeqModel(t5.T5(config), prompt_tuning.SoftPrompt(
-      config, length=3, initializer=initializers.normal()))
+      t5.hook_spec(config), length=3, initializer=initializers.normal()))
   tx = optimizers.build_optimizer(optimizers.OptimizerConfig())
   state = trainer_lib.create_train_state(
       model.init_trainables(jax.random.key(0), initializers.InitContext()), tx, seed=0)
@@ -327,7 +328,7 @@ def _token_batch(config, b, t, s, seed=0):
 
 def _prompt_setup(config, p=4):
   model = seq2seq.Seq2SeqModel(t5.T5(config), prompt_tuning.SoftPrompt(
-      config, length=p, initializer=initializers.normal()))
+      t5.hook_spec(config), length=p, initializer=initializers.normal()))
   trainables = nn.meta.unbox(model.init_trainables(jax.random.key(1),
                                                    initializers.InitContext()))
   return model, trainables, testing.init_params(config)
@@ -371,7 +372,7 @@ def test_remat_policies_keep_loss_and_prompt_gradients(policy, plain_loss_and_gr
   (want_loss, want_grads), plain = plain_loss_and_grads
   (loss, grads), jaxpr = _loss_and_grads(dataclasses.replace(config, remat_policy=policy))
   np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(grads["prompt"]), np.asarray(want_grads["prompt"]),
+  np.testing.assert_allclose(np.asarray(grads["method"]["prompt"]), np.asarray(want_grads["method"]["prompt"]),
                              rtol=1e-5, atol=1e-6)
   remats = [e for e in _eqns(jaxpr.jaxpr) if e.primitive.name in ("remat2", "checkpoint")]
   assert len(remats) == config.num_encoder_layers + config.num_decoder_layers
@@ -424,14 +425,14 @@ def test_fused_attention_whole_model_values_and_prompt_gradients(plain_loss_and_
   calls = []
   fused = layers.fused_attention
   monkeypatch.setattr(layers, "fused_attention",
-                      lambda *args: calls.append(args[-1]) or fused(*args))
+                      lambda *args: calls.append(args[5]) or fused(*args))
   config = dataclasses.replace(testing.tiny_config(), attention_impl="fused_xla")
   (want_loss, want_grads), _ = plain_loss_and_grads
   (loss, grads), _ = _loss_and_grads(config)
   # Every attention of the 2 + 3 layers (decoder: self and cross) went fused.
   assert calls and set(calls) == {"fused_xla"} and len(calls) % (2 + 2 * 3) == 0
   np.testing.assert_allclose(loss, want_loss, rtol=1e-4)
-  np.testing.assert_allclose(np.asarray(grads["prompt"]), np.asarray(want_grads["prompt"]),
+  np.testing.assert_allclose(np.asarray(grads["method"]["prompt"]), np.asarray(want_grads["method"]["prompt"]),
                              rtol=1e-4, atol=1e-5)
 
 
@@ -483,7 +484,7 @@ def test_cross_entropy_equals_one_hot_definition(z_loss, smoothing):
         fn(l, targets, weights, z_loss, smoothing))
     return jax.jit(jax.value_and_grad(split, has_aux=True))(logits)
 
-  (got_total, got_rest), got_grad = value_and_grad(seq2seq.cross_entropy)
+  (got_total, got_rest), got_grad = value_and_grad(losses.cross_entropy)
   (want_total, want_rest), want_grad = value_and_grad(_one_hot_cross_entropy)
   np.testing.assert_allclose(float(got_total), float(want_total), rtol=1e-5)
   assert float(got_rest[0]) == float(want_rest[0])  # weights

@@ -5,6 +5,7 @@ resumes, and nothing frozen changes.
 Dimension letters: H hidden size.
 """
 import json
+import pathlib
 
 import gin
 import jax
@@ -16,6 +17,12 @@ from ptuning_jax.projects import method_comparison
 from ptuning_jax import gin_utils
 from ptuning_jax.data import glue
 from ptuning_jax.data import pipeline
+from ptuning_jax import backbones
+from ptuning_jax import methods
+from ptuning_jax.backbones.hf import bert as hf_bert
+from ptuning_jax.methods import prefix_tuning
+from ptuning_jax.training import evaluation
+from ptuning_jax.training import partitioning
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -26,6 +33,7 @@ TINY = bert.BertConfig(vocab_size=len(SPECIALS) + len(WORDS) + 1, hidden_size=16
                        num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=32, max_position_embeddings=64)
 LEARNING_RATES = {m: 1e-2 for m in method_comparison.METHODS}
+
 
 
 def _write_tokenizer(directory):
@@ -89,6 +97,7 @@ def _config(dirs, name, **overrides):
       plot_path=str(dirs["root"] / f"{name}.png"), random_backbone=TINY,
       tokenizer_dir=str(dirs["tok"]), backbone_name="tiny-random",
       learning_rates=LEARNING_RATES, head_learning_rates={"full_finetune": 1e-3},
+      mesh_data=1,
       prompt_length=8, low_rank_rank=2, prefix_lengths={"copa": 3})
   kwargs.update(overrides)
   return method_comparison.ExperimentConfig(**kwargs)
@@ -117,8 +126,8 @@ def test_every_method_runs_through_the_grid(dirs):
   assert stsb["dept"]["method_params"] <= 8 * h  # DePT at the prompt's budget
   assert stsb["low_rank"]["method_params"] == 2 * (8 + h)
   assert stsb["ia3"]["method_params"] == 2 * (2 * h + 32)
-  assert stsb["p_tuning_v2"]["method_params"] == 2 * 2 * 8 * h
-  assert by_key[("p_tuning_v2", "copa")]["method_params"] == 2 * 2 * 3 * h
+  assert stsb["prefix_tuning"]["method_params"] == 2 * 2 * 8 * h
+  assert by_key[("prefix_tuning", "copa")]["method_params"] == 2 * 2 * 3 * h
   table = (dirs["root"] / "all.md").read_text()
   assert table.count("\n") == 2 + len(method_comparison.METHODS) + 1  # + majority class
   assert "| *majority class* | 0 |" in table
@@ -128,19 +137,30 @@ def test_every_method_runs_through_the_grid(dirs):
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+class _Labels:
+  """A data object stub: a task's training labels and evaluation split."""
+
+  def __init__(self, task, train, evals):
+    self.spec = glue.TASKS[task]
+    self.train = pipeline.ArrayDataset({"label": np.asarray(train)})
+    self._labels = np.asarray(evals)
+
+  def eval_data(self, split, max_examples):
+    del split, max_examples
+    return evaluation.EvalData(
+        pipeline.ArrayDataset({"label": self._labels}),
+        compute_output_metrics=lambda o: glue.compute_metrics(self.spec, o, self._labels))
+
+
 def test_majority_scores_predict_the_most_common_training_label():
-  def data(task, train, evals):
-    arrays = lambda labels: pipeline.ArrayDataset({"label": np.asarray(labels)})
-    return glue.TaskData(glue.TASKS[task], arrays(train), arrays(evals),
-                              max_length=8, eval_total=len(evals))
   scores = method_comparison.majority_scores({
-      "rte": data("rte", [1, 0, 1], [1, 0, 0, 0]),
-      "copa": data("copa", [1, 1, 0], [1, 0]),
-      "cb": data("cb", [2, 2, 1], [2, 0, 2, 1]),
-      "stsb": data("stsb", [0.5, 4.0], [1.0, 2.0])})
-  assert scores["rte"] == 0.25 and scores["copa"] == 0.5 and scores["stsb"] == 0.0
-  # CB: (accuracy + macro-F1) / 2 with "always class 2": 0.5 and (0 + 0 + 2/3) / 3.
-  np.testing.assert_allclose(scores["cb"], (0.5 + (2 / 3) / 3) / 2)
+      "rte": _Labels("rte", [1, 0, 1], [1, 0, 0, 0]),
+      "copa": _Labels("copa", [1, 1, 0], [1, 0]),
+      "cb": _Labels("cb", [2, 2, 1], [2, 0, 2, 1]),
+      "stsb": _Labels("stsb", [0.5, 4.0], [1.0, 2.0])})
+  assert scores["rte"] == 25.0 and scores["copa"] == 50.0 and scores["stsb"] == 0.0
+  # CB: (accuracy + macro-F1) / 2 with "always class 2": 50 and 100 (0 + 0 + 2/3) / 3.
+  np.testing.assert_allclose(scores["cb"], (50 + 100 * (2 / 3) / 3) / 2)
 
 
 @pytest.mark.needs("matplotlib")
@@ -152,7 +172,7 @@ def test_rerun_resumes_and_table_has_seed_std(dirs, monkeypatch):
       ("head_only", 0), ("head_only", 1), ("ia3", 0), ("ia3", 1)]
   scores = [r["score"] for r in rows if r["method"] == "ia3"]
   mean, std = np.mean(scores), np.std(scores, ddof=1)
-  assert f"{100 * mean:.1f} ± {100 * std:.1f}" in (dirs["root"] / "resume.md").read_text()
+  assert f"{mean:.1f} ± {std:.1f}" in (dirs["root"] / "resume.md").read_text()
 
   def fail(*args, **kwargs):
     raise AssertionError("a finished cell was run again")
@@ -165,33 +185,38 @@ def test_rerun_resumes_and_table_has_seed_std(dirs, monkeypatch):
     method_comparison.run(stale)
 
 
-def test_full_finetune_run_leaves_the_backbone_unchanged(dirs):
-  """The donated train state holds a copy of the encoder (prompt methods:
-  see classifiers_test)."""
+def test_cells_are_ordinary_runs(dirs):
+  """A cell is a `run.train` run directory: its config, metrics and (full
+  fine-tuning) the exported fine-tuned backbone, which loads and differs from
+  the random one it started from; its checkpoints are gone after the row."""
   method = "full_finetune"
-  config = _config(dirs, "frozen", tasks=("rte",), methods=(method,))
-  backbone = method_comparison.load_backbone(config)
-  snapshot = jax.device_get(backbone.params)
-  data = glue.load_task("rte", config.data_dir, backbone.tokenizer, 24)
-  setup = method_comparison.make_setup(method, config, backbone, data.spec, 24)
-  row = method_comparison.run_one(setup, data, config, backbone, method, seed=0)
+  config = _config(dirs, "cells", tasks=("rte",), methods=(method,))
+  (row,) = method_comparison.run(config)
+  run_dir = pathlib.Path(row["run_dir"])
+  assert (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
   assert row["final_train_loss"] != row["first_train_loss"]
-  for a, b in zip(jax.tree_util.tree_leaves(backbone.params),
-                  jax.tree_util.tree_leaves(snapshot)):
-    np.testing.assert_array_equal(np.asarray(a), b)
-  assert setup.frozen == {}
+  tuned_config, tuned = hf_bert.load_checkpoint(run_dir / "backbone")
+  start = backbones.load(config.backbone_spec(), partitioning.make_mesh(1, 1),
+                         partitioning.standard_logical_axis_rules()).params
+  assert tuned_config.hidden_size == TINY.hidden_size
+  changed = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+      jax.tree_util.tree_leaves(tuned), jax.tree_util.tree_leaves(start))]
+  assert sum(changed) > len(changed) // 2
 
 
-def test_setups_are_shared_by_tasks_of_the_same_shape():
+def test_method_settings_follow_the_task():
+  """DePT gets (m, r) at the prompt's budget for the task's length; P-Tuning
+  v2 (prefix tuning) its per-task prefix length; registered methods only."""
   config = method_comparison.ExperimentConfig(
-      learning_rates=LEARNING_RATES, max_lengths={"rte": 64, "mrpc": 64, "boolq": 64},
-      prefix_lengths={"boolq": 40})
-  spec = glue.get_task
-  key = lambda m, t: method_comparison.setup_key(m, config, spec(t), config.max_length(t))
-  assert key("ia3", "rte") == key("ia3", "mrpc")
-  assert key("p_tuning_v2", "rte") != key("p_tuning_v2", "boolq")
-  assert key("ia3", "rte") != key("ia3", "cb")  # three classes
-  assert key("ia3", "rte") != key("dept", "rte")
+      learning_rates=LEARNING_RATES, max_lengths={"rte": 64, "wic": 32},
+      prefix_lengths={"boolq": 40}, prompt_length=20)
+  dept_rte = method_comparison.method_factory("dept", config, "rte", 384, 30522)
+  dept_wic = method_comparison.method_factory("dept", config, "wic", 384, 30522)
+  assert (dept_rte.keywords["length"], dept_rte.keywords["rank"]) == (13, 6)
+  assert (dept_wic.keywords["length"], dept_wic.keywords["rank"]) == (7, 12)
+  prefix = method_comparison.method_factory("prefix_tuning", config, "boolq", 384, 30522)
+  assert prefix.keywords["length"] == 40 and prefix.func is prefix_tuning.PrefixTuning
+  assert set(method_comparison.METHODS) <= set(methods.REGISTRY)
 
 
 def test_config_errors_name_the_field():

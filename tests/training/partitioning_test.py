@@ -47,8 +47,11 @@ def test_make_mesh_shapes_and_errors():
   assert partitioning.make_mesh(-1, 2).shape == {"data": 4, "model": 2}
   assert partitioning.make_mesh().shape == {"data": 8, "model": 1}
   assert partitioning.make_mesh(2, 1, devices=jax.devices()[:2]).shape == {"data": 2, "model": 1}
-  with pytest.raises(ValueError, match="needs 6 devices; 8 are available"):
-    partitioning.make_mesh(3, 2)
+  # A single process may use its first devices only; never more than it has.
+  assert partitioning.make_mesh(3, 2).shape == {"data": 3, "model": 2}
+  assert partitioning.make_mesh(3, 2).devices.ravel().tolist() == jax.devices()[:6]
+  with pytest.raises(ValueError, match="needs 16 devices; 8 are available"):
+    partitioning.make_mesh(8, 2)
   with pytest.raises(ValueError, match="not divisible by model=3"):
     partitioning.make_mesh(-1, 3)
 

@@ -245,29 +245,13 @@ def _check_tensors(source: hf_tensors.TensorSource, maps: list[TensorMap], abstr
                    prefix: str, ckpt_dir: str) -> None:
   """Raises CheckpointMismatchError listing every missing, mis-shaped and
   unexpected tensor."""
-  present = source.names()
-  problems = []
-  used = set()
-  for m in maps:
-    expected = hf_tensors.hf_shape(tuple(hf_tensors.get_path(abstract, m.path).shape), m.kind)
-    used.add(m.hf_name)
-    if m.hf_name not in present:
-      problems.append(f"missing {m.hf_name}: expected shape {list(expected)}")
-    elif source.shape(m.hf_name) != expected:
-      problems.append(f"mis-shaped {m.hf_name}: expected {list(expected)}, "
-                      f"found {list(source.shape(m.hf_name))}")
   ignored = ({prefix + n for n in HARMLESS_TENSORS} | set(UNUSED_HEAD_TENSORS)
              | set(TIED_TENSORS))
-  for name in sorted(present - used - ignored):
-    hint = ""
-    if "pooler." in name or name.startswith(("cls.predictions", "lm_head.")):
-      hint = " (set with_pooler / with_mlm_head as load_config does)"
-    problems.append(f"unexpected {name}: shape {list(source.shape(name))}{hint}")
-  if problems:
-    raise CheckpointMismatchError(
-        f"Checkpoint {ckpt_dir} does not match the BERT config "
-        f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
-  for name in sorted(present & set(UNUSED_HEAD_TENSORS)):
+  hf_tensors.check_names_and_shapes(
+      source, hf_tensors.expected_shapes(maps, abstract), ignored, ckpt_dir,
+      "BERT (with_pooler / with_mlm_head follow the tensors present, as "
+      "load_config sets them)")
+  for name in sorted(source.names() & set(UNUSED_HEAD_TENSORS)):
     logging.info("%s: ignoring %s (%s).", ckpt_dir, name, UNUSED_HEAD_TENSORS[name])
 
 
@@ -325,7 +309,6 @@ def load_params(ckpt_dir: str | os.PathLike, config: Optional[bert.BertConfig] =
     # Dims the mesh axes do not divide (BERT vocabularies such as 30522 over
     # a model axis of 4) are replicated, with a warning, as for T5.
     shardings = partitioning.param_shardings(boxed, mesh, rules)
-  params: dict = {}
   with contextlib.ExitStack() as stack:
     source = hf_tensors.TensorSource(ckpt_dir, stack)
     prefix = _prefix(source.names(), ckpt_dir)
@@ -333,13 +316,7 @@ def load_params(ckpt_dir: str | os.PathLike, config: Optional[bert.BertConfig] =
     maps = _resolve_names(maps, source.names())
     _check_tensors(source, maps, abstract, prefix, ckpt_dir)
     _check_tied(source, maps, prefix, ckpt_dir)
-    for m in maps:
-      target = hf_tensors.get_path(abstract, m.path)
-      array = hf_tensors.to_ours(source.get(m.hf_name), m.kind, tuple(target.shape))
-      sharding = None if shardings is None else hf_tensors.get_path(shardings, m.path)
-      hf_tensors.set_path(params, m.path, hf_tensors.place(array.astype(target.dtype), sharding))
-      del array
-  return params
+    return hf_tensors.read_params(source, maps, abstract, shardings)
 
 
 def load_checkpoint(ckpt_dir: str | os.PathLike, *, mesh=None, rules=None,
@@ -362,6 +339,50 @@ def stored_tensor_maps(ckpt_dir: str | os.PathLike,
   maps = tensor_maps(config, _prefix(names, os.fspath(ckpt_dir)),
                      _mlm_layout(names) or "bert")
   return _resolve_names(maps, names)
+
+
+# ----------------------------------- export ----------------------------------
+
+
+def model_type(config: bert.BertConfig) -> str:
+  """The HF model type a config is written as: RoBERTa positions (offset > 0)
+  are "roberta" (XLM-R included: the same architecture), else "bert"."""
+  return "roberta" if config.position_offset else "bert"
+
+
+def hf_config_dict(config: bert.BertConfig) -> dict:
+  """`config.json` contents for `config` (a base model, or a masked LM when
+  it has the MLM head)."""
+  kind = model_type(config)
+  arch = {"bert": ("BertModel", "BertForMaskedLM"),
+          "roberta": ("RobertaModel", "RobertaForMaskedLM")}[kind][config.with_mlm_head]
+  if config.mlm_hidden_act not in (None, "gelu" if kind == "roberta" else config.hidden_act):
+    raise ValueError(f"mlm_hidden_act={config.mlm_hidden_act!r} has no {kind} "
+                     "config.json spelling.")
+  return {
+      "architectures": [arch], "model_type": kind, "vocab_size": config.vocab_size,
+      "hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers,
+      "num_attention_heads": config.num_attention_heads,
+      "intermediate_size": config.intermediate_size, "hidden_act": config.hidden_act,
+      "max_position_embeddings": config.max_position_embeddings,
+      "type_vocab_size": config.type_vocab_size, "layer_norm_eps": config.layer_norm_eps,
+      "pad_token_id": config.pad_token_id,
+      "hidden_dropout_prob": config.hidden_dropout_rate,
+      "attention_probs_dropout_prob": config.attention_dropout_rate,
+      "position_embedding_type": "absolute", "tie_word_embeddings": True,
+      "dtype": config.param_dtype,
+  }
+
+
+def save_checkpoint(params: Params, config: bert.BertConfig, out_dir: str,
+                    max_shard_bytes: Optional[int] = None) -> None:
+  """Writes `config.json` and safetensors weights in the HF layout: a base
+  model's unprefixed names, plus the MLM head (`cls.predictions.*` for BERT,
+  `lm_head.*` for RoBERTa) when the config has one; `load_checkpoint` reads
+  it back bit for bit."""
+  maps = tensor_maps(config, "", "roberta" if model_type(config) == "roberta" else "bert")
+  hf_tensors.write_checkpoint(params, maps, hf_config_dict(config), out_dir,
+                              max_shard_bytes)
 
 
 # ------------------------------ packaged weights ------------------------------

@@ -67,24 +67,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import save_file
 
 from ptuning_jax.backbones.hf import tensors as hf_tensors
 from ptuning_jax.training import partitioning
 from ptuning_jax.backbones import t5
 from ptuning_jax.backbones.hf.tensors import CheckpointMismatchError
-from ptuning_jax.backbones.hf.tensors import INDEX_NAME
 from ptuning_jax.backbones.hf.tensors import TensorMap
-from ptuning_jax.backbones.hf.tensors import WEIGHTS_NAME
 
 CONFIG_NAME = "config.json"
 EMBED_ALIASES = ("shared.weight", "encoder.embed_tokens.weight",
@@ -297,9 +293,7 @@ def _check_tensors(source: hf_tensors.TensorSource, maps: list[TensorMap], abstr
       tensor with expected vs actual shapes.
   """
   present = source.names()
-  problems, expected = [], {}
-  for m in maps:
-    expected[m.hf_name] = hf_tensors.hf_shape(tuple(hf_tensors.get_path(abstract, m.path).shape), m.kind)
+  expected = hf_tensors.expected_shapes(maps, abstract)
   embed_shape = expected["shared.weight"]
   head_source = None
   if not config.tie_word_embeddings and "lm_head.weight" not in present:
@@ -317,18 +311,8 @@ def _check_tensors(source: hf_tensors.TensorSource, maps: list[TensorMap], abstr
   for name in optional:
     if name in present:
       expected[name] = embed_shape
-  for name in sorted(expected):
-    if name not in present:
-      problems.append(f"missing {name}: expected shape {list(expected[name])}")
-    elif source.shape(name) != expected[name]:
-      problems.append(f"mis-shaped {name}: expected {list(expected[name])}, "
-                      f"found {list(source.shape(name))}")
-  for name in sorted(present - set(expected) - set(IGNORED_TENSORS)):
-    problems.append(f"unexpected {name}: shape {list(source.shape(name))}")
-  if problems:
-    raise CheckpointMismatchError(
-        f"Checkpoint {ckpt_dir} does not match the T5 config "
-        f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+  hf_tensors.check_names_and_shapes(source, expected, set(IGNORED_TENSORS), ckpt_dir,
+                                    "T5")
   return head_source
 
 
@@ -378,30 +362,15 @@ def load_params(ckpt_dir: str, config: Optional[t5.T5Config] = None, *,
     rules = partitioning.standard_logical_axis_rules() if rules is None else rules
     shardings = partitioning.param_shardings(boxed, mesh, rules)
   maps = tensor_maps(config)
-  params: dict = {}
   with contextlib.ExitStack() as stack:
     source = hf_tensors.TensorSource(ckpt_dir, stack)
     head_source = _check_tensors(source, maps, abstract, config, ckpt_dir)
-    embedding = _embedding(source, config, ckpt_dir)
-    for m in maps:
-      target = hf_tensors.get_path(abstract, m.path)
-      if m.hf_name == "shared.weight":
-        array = embedding
-      elif m.hf_name == "lm_head.weight" and head_source == "embedding":
-        array = embedding
-        logging.info("%s has no lm_head.weight and declares a tied head: "
-                     "logits_dense is a copy of the embedding.", ckpt_dir)
-      else:
-        array = source.get(m.hf_name)
-      array = hf_tensors.to_ours(array, m.kind, tuple(target.shape)).astype(target.dtype)
-      sharding = None if shardings is None else hf_tensors.get_path(shardings, m.path)
-      try:
-        hf_tensors.set_path(params, m.path, hf_tensors.place(array, sharding))
-      except ValueError as e:  # e.g. a dim not divisible by its mesh axis
-        raise ValueError(f"Cannot place {m.hf_name} as {'/'.join(m.path)} "
-                         f"{array.shape} with {sharding}: {e}") from e
-      del array
-  return params
+    arrays = {"shared.weight": _embedding(source, config, ckpt_dir)}
+    if head_source == "embedding":
+      arrays["lm_head.weight"] = arrays["shared.weight"]
+      logging.info("%s has no lm_head.weight and declares a tied head: "
+                   "logits_dense is a copy of the embedding.", ckpt_dir)
+    return hf_tensors.read_params(source, maps, abstract, shardings, arrays)
 
 
 def load_checkpoint(ckpt_dir: str, **kwargs) -> tuple[t5.T5Config, Params]:
@@ -415,64 +384,10 @@ def load_checkpoint(ckpt_dir: str, **kwargs) -> tuple[t5.T5Config, Params]:
 # --------------------------------- export -----------------------------------
 
 
-def _hf_tensors(params: Params, config: t5.T5Config) -> Iterator[tuple[str, Any, str]]:
-  """(hf name, our array, kind) for every tensor, after a structure check."""
-  params = nn.meta.unbox(params)
-  maps = tensor_maps(config)
-  ours = {jax.tree_util.keystr(p, simple=True, separator="/")
-          for p, _ in jax.tree_util.tree_leaves_with_path(params)}
-  wanted = {"/".join(m.path) for m in maps}
-  if ours != wanted:
-    raise CheckpointMismatchError(
-        f"params do not match the config: missing {sorted(wanted - ours)}, "
-        f"unexpected {sorted(ours - wanted)}.")
-  for m in maps:
-    yield m.hf_name, hf_tensors.get_path(params, m.path), m.kind
-
-
 def save_checkpoint(params: Params, config: t5.T5Config, out_dir: str,
                     max_shard_bytes: Optional[int] = None) -> None:
-  """Writes `config.json` and safetensors weights in the HF layout.
-
-  Args:
-    params: params tree of `T5(config)` (boxed or unboxed, any sharding).
-    config: its config.
-    out_dir: created if needed.
-    max_shard_bytes: if the weights exceed it, write
-      `model-XXXXX-of-YYYYY.safetensors` shards of at most this size (a single
-      larger tensor gets its own shard) plus `model.safetensors.index.json`.
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  entries = list(_hf_tensors(params, config))
-  shards: list[list[tuple[str, Any, str]]] = [[]]
-  size = 0
-  for entry in entries:
-    nbytes = entry[1].size * entry[1].dtype.itemsize
-    if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
-      shards.append([])
-      size = 0
-    shards[-1].append(entry)
-    size += nbytes
-  metadata = {"format": "pt"}
-  if len(shards) == 1:
-    save_file(_host(shards[0]), os.path.join(out_dir, WEIGHTS_NAME), metadata=metadata)
-  else:
-    weight_map, total = {}, 0
-    for i, shard in enumerate(shards):
-      fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-      tensors = _host(shard)  # one shard on the host at a time
-      save_file(tensors, os.path.join(out_dir, fname), metadata=metadata)
-      for name, array in tensors.items():
-        weight_map[name] = fname
-        total += array.nbytes
-      del tensors
-    with open(os.path.join(out_dir, INDEX_NAME), "w") as f:
-      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f,
-                indent=2, sort_keys=True)
-  with open(os.path.join(out_dir, CONFIG_NAME), "w") as f:
-    json.dump(hf_config_dict(config), f, indent=2, sort_keys=True)
-
-
-def _host(entries) -> dict[str, np.ndarray]:
-  return {name: np.ascontiguousarray(hf_tensors.to_hf(np.asarray(jax.device_get(array)), kind))
-          for name, array, kind in entries}
+  """Writes `config.json` and safetensors weights in the HF layout
+  (`hf_tensors.write_checkpoint`: a single file, or shards of at most
+  `max_shard_bytes` plus an index)."""
+  hf_tensors.write_checkpoint(params, tensor_maps(config), hf_config_dict(config),
+                              out_dir, max_shard_bytes)

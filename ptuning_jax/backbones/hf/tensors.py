@@ -1,10 +1,11 @@
-"""Hugging Face checkpoint tensors: files, layouts, placement.
+"""Hugging Face checkpoint tensors: files, layouts, placement, import, export.
 
-Shared by the T5 (`hf_checkpoints`) and BERT-family (`bert_checkpoints`)
-loaders: the safetensors source over a single file or an index of shards
-(every tensor a shard holds must be the one the index maps to it), the
-per-tensor layout conversions between HF's `Linear` layout and our kernels,
-tree paths and placement of host arrays onto target shardings.
+Shared by every family's loader (`hf/t5.py`, `hf/bert.py`): the safetensors
+source over a single file or an index of shards (every tensor a shard holds
+must be the one the index maps to it), the per-tensor layout conversions
+between HF's `Linear` layout and our kernels, the strict name / shape check
+that lists every culprit, reading a parameter tree straight onto its target
+shardings, and writing one back (single file or shards + index).
 
 Layout kinds ([...] HF <-> ours; H model dim, N heads, D head dim):
   "copy"              same layout,
@@ -19,10 +20,10 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
-import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
+import ml_dtypes  # noqa: F401  pylint: disable=unused-import (registers bfloat16 with numpy)
 import numpy as np
 from safetensors import safe_open
 
@@ -197,3 +198,123 @@ def place(array: np.ndarray, sharding) -> jax.Array:
     return jax.device_put(np.ascontiguousarray(array))
   return jax.make_array_from_callback(
       array.shape, sharding, lambda index: np.ascontiguousarray(array[index]))
+
+
+# ------------------------------------------------------------------ import
+
+
+def check_names_and_shapes(source: "TensorSource", expected: Mapping[str, tuple],
+                           ignored: set, ckpt_dir: str, family: str) -> None:
+  """Raises CheckpointMismatchError listing every missing, mis-shaped and
+  unexpected tensor (`expected`: HF name -> HF shape; `ignored`: names that
+  may be present without a parameter)."""
+  present = source.names()
+  problems = []
+  for name in sorted(expected):
+    if name not in present:
+      problems.append(f"missing {name}: expected shape {list(expected[name])}")
+    elif source.shape(name) != tuple(expected[name]):
+      problems.append(f"mis-shaped {name}: expected {list(expected[name])}, "
+                      f"found {list(source.shape(name))}")
+  for name in sorted(present - set(expected) - set(ignored)):
+    problems.append(f"unexpected {name}: shape {list(source.shape(name))}")
+  if problems:
+    raise CheckpointMismatchError(
+        f"Checkpoint {ckpt_dir} does not match the {family} config "
+        f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+
+
+def expected_shapes(maps: list[TensorMap], abstract: Any) -> dict[str, tuple]:
+  """HF name -> HF shape of every mapped parameter of `abstract` (unboxed)."""
+  return {m.hf_name: hf_shape(tuple(get_path(abstract, m.path).shape), m.kind)
+          for m in maps}
+
+
+def read_params(source: "TensorSource", maps: list[TensorMap], abstract: Any,
+                shardings: Any = None, arrays: Optional[Mapping[str, np.ndarray]] = None
+                ) -> dict:
+  """The parameter tree of `maps`, each tensor converted to our layout and
+  dtype and placed on its sharding (`shardings` None: the default device) one
+  at a time. `arrays` supplies tensors by HF name instead of the source
+  (e.g. an embedding read once for its tied aliases)."""
+  params: dict = {}
+  for m in maps:
+    target = get_path(abstract, m.path)
+    array = (arrays or {}).get(m.hf_name)
+    array = source.get(m.hf_name) if array is None else array
+    array = to_ours(array, m.kind, tuple(target.shape)).astype(target.dtype)
+    sharding = None if shardings is None else get_path(shardings, m.path)
+    try:
+      set_path(params, m.path, place(array, sharding))
+    except ValueError as e:  # e.g. a dim not divisible by its mesh axis
+      raise ValueError(f"Cannot place {m.hf_name} as {'/'.join(m.path)} "
+                       f"{array.shape} with {sharding}: {e}") from e
+    del array
+  return params
+
+
+# ------------------------------------------------------------------ export
+
+
+def _entries(params: Any, maps: list[TensorMap]) -> list[tuple[str, Any, str]]:
+  """(hf name, our array, kind) of every mapped tensor, after checking that the
+  maps cover the tree exactly."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  params = nn.meta.unbox(params)
+  ours = {jax.tree_util.keystr(p, simple=True, separator="/")
+          for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  wanted = {"/".join(m.path) for m in maps}
+  if ours != wanted:
+    raise CheckpointMismatchError(
+        f"params do not match the config: missing {sorted(wanted - ours)}, "
+        f"unexpected {sorted(ours - wanted)}.")
+  return [(m.hf_name, get_path(params, m.path), m.kind) for m in maps]
+
+
+def _host(entries) -> dict[str, np.ndarray]:
+  return {name: np.ascontiguousarray(to_hf(np.asarray(jax.device_get(array)), kind))
+          for name, array, kind in entries}
+
+
+def write_checkpoint(params: Any, maps: list[TensorMap], config_dict: Mapping[str, Any],
+                     out_dir: str, max_shard_bytes: Optional[int] = None) -> None:
+  """Writes `config.json` and the mapped tensors in the HF layout.
+
+  Args:
+    params: the parameter tree (boxed or unboxed, any sharding).
+    maps: every parameter's HF name and layout.
+    config_dict: the `config.json` contents.
+    out_dir: created if needed.
+    max_shard_bytes: if the weights exceed it, write
+      `model-XXXXX-of-YYYYY.safetensors` shards of at most this size (a single
+      larger tensor gets its own shard) plus `model.safetensors.index.json`.
+  """
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  shards: list[list[tuple[str, Any, str]]] = [[]]
+  size = 0
+  for entry in _entries(params, maps):
+    nbytes = entry[1].size * entry[1].dtype.itemsize
+    if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(entry)
+    size += nbytes
+  metadata = {"format": "pt"}
+  if len(shards) == 1:
+    save_file(_host(shards[0]), os.path.join(out_dir, WEIGHTS_NAME), metadata=metadata)
+  else:
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+      fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      tensors = _host(shard)  # one shard on the host at a time
+      save_file(tensors, os.path.join(out_dir, fname), metadata=metadata)
+      for name, array in tensors.items():
+        weight_map[name] = fname
+        total += array.nbytes
+      del tensors
+    with open(os.path.join(out_dir, INDEX_NAME), "w") as f:
+      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f,
+                indent=2, sort_keys=True)
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(dict(config_dict), f, indent=2, sort_keys=True)
