@@ -205,3 +205,77 @@ def padded_ids(vocab: int, lengths, total: int, pad_id: int, seed: int = 0,
     ids[b, span] = rng.integers(3, vocab, n)
     mask[b, span] = 1
   return ids, mask
+
+
+# --------------------------------------- a tiny GLUE world (BERT family)
+
+GLUE_WORDS = ("the a man woman dog cat runs sat ran is was not happy sad rain it "
+              "because so water flowed he she said good bad movie").split()
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_bert_config(**overrides):
+  """An odd tiny BERT config over the `GLUE_WORDS` WordPiece vocabulary."""
+  from ptuning_jax.backbones import bert  # pylint: disable=g-import-not-at-top
+  fields = dict(vocab_size=len(BERT_SPECIALS) + len(GLUE_WORDS) + 1, hidden_size=16,
+                num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                max_position_embeddings=64)
+  fields.update(overrides)
+  return bert.BertConfig(**fields)
+
+
+def write_wordpiece_tokenizer(directory: str) -> str:
+  """A WordPiece `tokenizer.json` with BERT's template over `GLUE_WORDS`."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import models, normalizers, pre_tokenizers, processors  # pylint: disable=g-import-not-at-top
+  vocab = {token: i for i, token in enumerate(BERT_SPECIALS + GLUE_WORDS + ["."])}
+  tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+  tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+      special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+  os.makedirs(directory, exist_ok=True)
+  tok.save(os.path.join(directory, "tokenizer.json"))
+  return directory
+
+
+def write_glue_files(root: str, n_train: int = 12, n_eval: int = 6, seed: int = 0) -> str:
+  """RTE and COPA (SuperGLUE JSONL) and STS-B (GLUE TSV) files of random
+  sentences over `GLUE_WORDS`, in the official layout below `root`."""
+  import json  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+
+  def sentence(n):
+    return " ".join(rng.choice(GLUE_WORDS, n)) + " ."
+
+  def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(text)
+
+  for split, n in (("train", n_train), ("val", n_eval)):
+    write(os.path.join(root, f"super_glue/rte/{split}.jsonl"), "".join(json.dumps(
+        {"premise": sentence(6), "hypothesis": sentence(3), "idx": i,
+         "label": ["entailment", "not_entailment"][i % 2]}) + "\n" for i in range(n)))
+    write(os.path.join(root, f"super_glue/copa/{split}.jsonl"), "".join(json.dumps(
+        {"premise": sentence(4), "choice1": sentence(3), "choice2": sentence(3),
+         "question": ["cause", "effect"][i % 2], "label": i % 2, "idx": i}) + "\n"
+        for i in range(n)))
+  header = "\t".join(["index", "genre", "filename", "year", "old_index", "source1",
+                      "source2", "sentence1", "sentence2", "score"]) + "\n"
+  for split, n in (("train", n_train), ("dev", n_eval)):
+    write(os.path.join(root, f"glue/stsb/{split}.tsv"), header + "".join(
+        f"{i}\tg\tf\ty\to\ts\ts\t{sentence(4)}\t{sentence(4)}\t{i % 5 + 0.5}\n"
+        for i in range(n)))
+  return root
+
+
+def write_tiny_bert_checkpoint(directory: str, seed: int = 0, **overrides) -> str:
+  """A random `tiny_bert_config` BERT in the Hugging Face layout, with the
+  `GLUE_WORDS` tokenizer beside it (what `ptuning-jax train` loads)."""
+  from ptuning_jax.backbones import bert  # pylint: disable=g-import-not-at-top
+  from ptuning_jax.backbones.hf import bert as hf_bert  # pylint: disable=g-import-not-at-top
+  config = tiny_bert_config(**overrides)
+  hf_bert.save_checkpoint(bert.init_params(config, seed), config, directory)
+  return write_wordpiece_tokenizer(directory)

@@ -72,3 +72,39 @@ def test_missing_checkpoint_dir_is_named(tmp_path, capsys):
   code = cli.main(["train", *_flags(str(tmp_path / "no_such_ckpt"), tmp_path / "x")])
   assert code == 1
   assert "no_such_ckpt" in capsys.readouterr().err
+
+
+def _bert_flags(glue_world, model_dir, *extra):
+  return ["--gin_file", "gin/runs/prompt_finetune.gin", "--gin_file", "gin/data/glue.gin",
+          "--gin_file", "gin/methods/prompt_tuning.gin",
+          f"--gin.CHECKPOINT_DIR='{glue_world['backbone']}'",
+          f"--gin.DATA_DIR='{glue_world['data']}'", "--gin.GLUE_TASK='rte'",
+          f"--gin.MODEL_DIR='{model_dir}'", "--gin.MAX_LENGTH=24", "--gin.BATCH_SIZE=8",
+          "--gin.EVAL_BATCH_SIZE=8", "--gin.TRAIN_STEPS=4", "--gin.EVAL_EVERY=4",
+          "--gin.CHECKPOINT_EVERY=2", "--gin.PROMPT_LENGTH=3",
+          "--gin.initializers.sampled_vocab.population_size=20", *extra]
+
+
+def test_bert_classification_train_eval_infer(tmp_path, glue_world, capsys):
+  """The BERT family runs through the same commands, run files and gin as T5
+  (gin/data/glue.gin instead of seqio.gin); no TensorFlow is needed."""
+  model_dir = tmp_path / "run"
+  assert cli.main(["train", *_bert_flags(glue_world, model_dir)]) == 0
+  out = capsys.readouterr().out
+  train_metrics = json.loads(out[out.index("{"):])
+  assert set(train_metrics) >= {"eval/accuracy", "eval/score", "trainable_params"}
+  assert sorted(os.listdir(model_dir / "checkpoints" / "numpy")) == ["2", "4"]
+  eval_file = tmp_path / "eval.json"
+  flags = _bert_flags(glue_world, model_dir)
+  flags[1] = "gin/runs/prompt_eval.gin"
+  assert cli.main(["eval", *flags, f"--gin.EVAL_OUTPUT_FILE='{eval_file}'"]) == 0
+  metrics = json.loads(eval_file.read_text())
+  assert metrics["step"] == 4 and metrics["score"] == train_metrics["eval/score"]
+  out_file = tmp_path / "preds.jsonl"
+  flags[1] = "gin/runs/prompt_infer.gin"
+  inputs = os.path.join(glue_world["data"], "super_glue", "rte", "val.jsonl")
+  assert cli.main(["infer", *flags, f"--gin.INPUT_FILE='{inputs}'",
+                   f"--gin.OUTPUT_FILE='{out_file}'"]) == 0
+  rows = [json.loads(l) for l in out_file.read_text().splitlines()]
+  assert len(rows) == 6
+  assert {r["prediction"] for r in rows} <= {"entailment", "not_entailment"}

@@ -53,6 +53,18 @@ def byte_backbone(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def glue_world(tmp_path_factory):
+  """Tiny official-layout RTE / COPA / STS-B files and a random tiny BERT
+  checkpoint with its WordPiece tokenizer.json (`testing`'s GLUE world)."""
+  pytest.importorskip("tokenizers")
+  from ptuning_jax import testing  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("glue_world")
+  return {"data": testing.write_glue_files(str(root / "data")),
+          "backbone": testing.write_tiny_bert_checkpoint(str(root / "bert")),
+          "root": root}
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
   """(directory, torch model) of a random BERT pretraining layout
   (`testing.make_hf_bert`); needs torch and transformers."""

@@ -344,7 +344,7 @@ def _real_tokens(length: int) -> np.ndarray:
 def _in_hf_layout(params, tensor_map) -> Optional[np.ndarray]:
   if tensor_map is None:
     return None
-  ours = np.asarray(hf_tensors.get_path(params, tensor_map.path), np.float32)
+  ours = np.asarray(hf_tensors.flat(params)[tensor_map.path], np.float32)
   return hf_tensors.to_hf(ours, tensor_map.kind)
 
 

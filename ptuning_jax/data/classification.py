@@ -105,17 +105,16 @@ class ClassificationData:
   # ---- infer ----
 
   def read_inputs(self, path: str) -> list[dict]:
-    """Rows in the task's raw format: JSONL objects with the fields of its
-    official files (a label field must be present with any valid value; it
-    is ignored), e.g. the dev file itself."""
-    return glue.read_jsonl(path)
+    """Examples of a file in the task's official format (that of its dev
+    file, e.g. SuperGLUE JSONL, GLUE TSV); labels, if present, are ignored."""
+    return [dict(example) for example in self.spec.reader(path)]
 
   def encode_inputs(self, rows: Sequence[dict], where: str = "inputs"
                     ) -> pipeline.ArrayDataset:
-    """Raw rows -> arrays, converted as the task's examples."""
-    examples = [self.spec.to_example(row, f"{where} (row {i + 1})")
-                for i, row in enumerate(rows)]
-    pairs, labels = [e[0] for e in examples], [e[1] for e in examples]
+    """Examples -> arrays, as the task's examples (labels set to 0)."""
+    pairs = [self.spec.pairs(row, f"{where} (example {i + 1})")
+             for i, row in enumerate(rows)]
+    labels = [0.0 if self.spec.kind == "regression" else 0] * len(pairs)
     return pipeline.ArrayDataset(glue.to_arrays(self.spec, self.vocab, pairs, labels,
                                                 self.max_length))
 

@@ -245,18 +245,7 @@ class Checkpointer:
     """Kept step with the best `keep_best` metric; None if none has it."""
     if self.keep_best is None:
       raise ValueError("Checkpointer.best_step needs keep_best=<metric name>.")
-    best, best_value = None, None
-    for step in self.all_steps():
-      metrics = self.metrics(step) or {}
-      if self.keep_best not in metrics:
-        continue
-      value = float(metrics[self.keep_best])
-      better = (best_value is None or
-                (value > best_value if self.best_mode == "max"
-                 else value < best_value))
-      if better:
-        best, best_value = step, value
-    return best
+    return self._manager.best_step()
 
   # ------------------------------------------------------------- lifecycle
 

@@ -1,4 +1,5 @@
-"""Optimizers, learning-rate schedules and gradient accumulation (optax).
+"""Optimizers and learning-rate schedules (optax). Gradient accumulation over
+microbatches is part of the train step (`trainer.compute_gradients`).
 
 Everything here acts on the *trainable* parameter tree only (prompts,
 low-rank factors, heads); the frozen backbone never reaches an optimizer.
@@ -19,7 +20,6 @@ decay (DePT: prompt 3e-1, low-rank factors 1e-4).
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, Callable, Optional
 
@@ -41,16 +41,9 @@ OPTIMIZERS = ("adafactor", "adamw")
 # ---------------------------------------------------------------------------
 
 
-def _key_name(key: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def path_str(path: tuple, separator: str = "/") -> str:
   """`jax.tree_util` key path -> 'a/b/c' (dict keys, attributes, indices)."""
-  return separator.join(_key_name(k) for k in path)
+  return jax.tree_util.keystr(tuple(path), simple=True, separator=separator)
 
 
 def leaf_paths(tree: Any) -> list[str]:
@@ -180,7 +173,8 @@ def adamw(learning_rate: float | Schedule, b1: float = 0.9, b2: float = 0.999,
 def make_schedule(kind: str = "constant", base_lr: float = 0.3,
                   warmup_steps: int = 0, total_steps: Optional[int] = None,
                   end_lr_factor: float = 0.0) -> Schedule:
-  """Learning rate as a function of the step, with linear warmup.
+  """Learning rate as a function of the step, with linear warmup (optax
+  schedules joined at `warmup_steps`).
 
   lr(t) = base_lr * min(1, t / warmup_steps) * decay(t), with decay:
     constant: 1.
@@ -205,25 +199,22 @@ def make_schedule(kind: str = "constant", base_lr: float = 0.3,
   if not 0 <= end_lr_factor <= 1:
     raise ValueError(f"end_lr_factor={end_lr_factor} must lie in [0, 1].")
 
-  def schedule(step):
-    t = jnp.asarray(step, jnp.float32)
-    warm = jnp.minimum(1.0, t / warmup_steps) if warmup_steps else 1.0
-    if kind == "constant":
-      decay = 1.0
-    elif kind == "rsqrt":
-      w = float(max(warmup_steps, 1))
-      decay = jnp.sqrt(w / jnp.maximum(t, w))
-    else:
-      progress = jnp.clip((t - warmup_steps) / (total_steps - warmup_steps),
-                          0.0, 1.0)
-      if kind == "linear":
-        shape = 1.0 - progress
-      else:
-        shape = 0.5 * (1.0 + jnp.cos(math.pi * progress))
-      decay = end_lr_factor + (1.0 - end_lr_factor) * shape
-    return base_lr * warm * decay
-
-  return schedule
+  if kind == "rsqrt":  # optax has no rsqrt decay: its one hand-written part.
+    w = float(max(warmup_steps, 1))
+    decay = lambda count: base_lr * jnp.sqrt(  # noqa: E731
+        w / jnp.maximum(jnp.asarray(count, jnp.float32) + warmup_steps, w))
+  elif kind == "constant":
+    decay = optax.constant_schedule(base_lr)
+  elif kind == "linear":
+    decay = optax.linear_schedule(base_lr, base_lr * end_lr_factor,
+                                  total_steps - warmup_steps)
+  else:
+    decay = optax.cosine_decay_schedule(base_lr, total_steps - warmup_steps,
+                                        alpha=end_lr_factor)
+  if not warmup_steps:
+    return decay
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, base_lr, warmup_steps), decay], [warmup_steps])
 
 
 # ---------------------------------------------------------------------------
@@ -377,79 +368,6 @@ def build_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   if config.clip_grad_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
   return tx
-
-
-# ---------------------------------------------------------------------------
-# Gradient accumulation.
-# ---------------------------------------------------------------------------
-
-
-def _split_batch(batch: Any, num_microbatches: int) -> Any:
-  """Leaves [B, ...] -> [M, B / M, ...], checking every leaf."""
-  sizes = set()
-  for path, x in jax.tree_util.tree_leaves_with_path(batch):
-    name = path_str(path) or "<batch>"
-    if np.ndim(x) == 0:
-      raise ValueError(f"accumulate_gradients: batch leaf {name!r} is a "
-                       "scalar; every leaf needs a leading batch axis.")
-    sizes.add(x.shape[0])
-    if x.shape[0] % num_microbatches:
-      raise ValueError(
-          f"accumulate_gradients: batch leaf {name!r} has batch size "
-          f"{x.shape[0]}, not divisible by num_microbatches="
-          f"{num_microbatches}.")
-  if len(sizes) > 1:
-    raise ValueError(f"accumulate_gradients: batch leaves disagree on the "
-                     f"batch size: {sorted(sizes)}.")
-  return jax.tree.map(
-      lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches)
-                          + x.shape[1:]), batch)  # [M, B / M, ...]
-
-
-def accumulate_gradients(loss_and_grad_fn: Callable[..., Any], params: Params,
-                         batch: Any, num_microbatches: int,
-                         rng: Optional[jax.Array] = None):
-  """Mean loss, aux and gradients over M equal microbatches of `batch`.
-
-  Args:
-    loss_and_grad_fn: `(params, microbatch) -> ((loss, aux), grads)`, e.g.
-      `jax.value_and_grad(loss_fn, has_aux=True)`; called as
-      `(params, microbatch, rng_m)` when `rng` is given.
-    params: the trainable tree.
-    batch: tree of arrays with leaves [B, ...].
-    num_microbatches: M; B must be divisible by M.
-    rng: optional key, split into M keys (one per microbatch).
-
-  Returns:
-    ((loss, aux), grads), each the mean over the M microbatches (aux leaves
-    are averaged too). For a loss that is a mean over equal-size examples,
-    this equals the full-batch loss and gradient. Sums are float32.
-  """
-  if num_microbatches < 1:
-    raise ValueError(f"num_microbatches={num_microbatches} must be >= 1.")
-  if num_microbatches == 1:
-    return (loss_and_grad_fn(params, batch) if rng is None
-            else loss_and_grad_fn(params, batch, rng))
-  micro = _split_batch(batch, num_microbatches)  # leaves [M, B / M, ...]
-  rngs = (None if rng is None else jax.random.split(rng, num_microbatches))
-
-  def call(mb, r):
-    return (loss_and_grad_fn(params, mb) if r is None
-            else loss_and_grad_fn(params, mb, r))
-
-  first = jax.tree.map(lambda x: x[0], micro)
-  out_shape = jax.eval_shape(call, first, None if rngs is None else rngs[0])
-  acc_dtype = lambda s: jnp.promote_types(s.dtype, jnp.float32)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, acc_dtype(s)), out_shape)
-
-  def body(carry, xs):
-    mb, r = xs
-    out = call(mb, r)
-    return jax.tree.map(lambda c, o: c + o.astype(c.dtype), carry, out), None
-
-  total, _ = jax.lax.scan(body, zeros, (micro, rngs))
-  return jax.tree.map(lambda t, s: (t / num_microbatches).astype(s.dtype),
-                      total, out_shape)
 
 
 # ---------------------------------------------------------------------------

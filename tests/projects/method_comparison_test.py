@@ -4,7 +4,6 @@ resumes, and nothing frozen changes.
 
 Dimension letters: H hidden size.
 """
-import json
 import pathlib
 
 import gin
@@ -16,6 +15,7 @@ from ptuning_jax.backbones import bert
 from ptuning_jax.projects import method_comparison
 from ptuning_jax import gin_utils
 from ptuning_jax.data import glue
+from ptuning_jax import testing
 from ptuning_jax.data import pipeline
 from ptuning_jax import backbones
 from ptuning_jax import methods
@@ -26,76 +26,24 @@ from ptuning_jax.training import partitioning
 
 tokenizers = pytest.importorskip("tokenizers")
 
-WORDS = ("the a man woman dog cat runs sat ran is was not happy sad rain it "
-         "because so water flowed he she said good bad movie").split()
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-TINY = bert.BertConfig(vocab_size=len(SPECIALS) + len(WORDS) + 1, hidden_size=16,
-                       num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=32, max_position_embeddings=64)
+TINY = testing.tiny_bert_config()
 LEARNING_RATES = {m: 1e-2 for m in method_comparison.METHODS}
 
 
-
-def _write_tokenizer(directory):
-  """A WordPiece tokenizer.json with BERT's template over WORDS."""
-  from tokenizers import models, normalizers, pre_tokenizers, processors
-  vocab = {token: i for i, token in enumerate(SPECIALS + WORDS + ["."])}
-  tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-  tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  tok.post_processor = processors.TemplateProcessing(
-      single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-      special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-  directory.mkdir(parents=True, exist_ok=True)
-  tok.save(str(directory / "tokenizer.json"))
-  return directory
-
-
-def _sentence(rng, n):
-  return " ".join(rng.choice(WORDS, n)) + " ."
-
-
-def _write_data(root, n_train=12, n_eval=6):
-  rng = np.random.default_rng(0)
-
-  def jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-  for split, n in (("train", n_train), ("val", n_eval)):
-    jsonl(root / f"super_glue/rte/{split}.jsonl", [
-        {"premise": _sentence(rng, 6), "hypothesis": _sentence(rng, 3), "idx": i,
-         "label": ["entailment", "not_entailment"][i % 2]} for i in range(n)])
-    jsonl(root / f"super_glue/copa/{split}.jsonl", [
-        {"premise": _sentence(rng, 4), "choice1": _sentence(rng, 3),
-         "choice2": _sentence(rng, 3), "question": ["cause", "effect"][i % 2],
-         "label": i % 2, "idx": i} for i in range(n)])
-  header = "\t".join(["index", "genre", "filename", "year", "old_index", "source1",
-                       "source2", "sentence1", "sentence2", "score"]) + "\n"
-  for split, n in (("train", n_train), ("dev", n_eval)):
-    path = root / f"glue/stsb/{split}.tsv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + "".join(
-        f"{i}\tg\tf\ty\to\ts\ts\t{_sentence(rng, 4)}\t{_sentence(rng, 4)}\t{i % 5 + 0.5}\n"
-        for i in range(n)))
-  return root
-
-
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("grid")
-  return {"data": _write_data(root / "data"), "tok": _write_tokenizer(root / "tok"),
-          "root": root}
+def dirs(glue_world, tmp_path_factory):
+  return {"data": glue_world["data"], "tok": glue_world["backbone"],
+          "root": tmp_path_factory.mktemp("grid")}
 
 
 def _config(dirs, name, **overrides):
   kwargs = dict(
       tasks=("rte", "copa", "stsb"), methods=method_comparison.METHODS, seeds=(0,),
       train_steps=2, batch_size=4, default_max_length=24, eval_batch_size=4,
-      data_dir=str(dirs["data"]), results_jsonl=str(dirs["root"] / f"{name}.jsonl"),
+      data_dir=dirs["data"], results_jsonl=str(dirs["root"] / f"{name}.jsonl"),
       table_path=str(dirs["root"] / f"{name}.md"),
       plot_path=str(dirs["root"] / f"{name}.png"), random_backbone=TINY,
-      tokenizer_dir=str(dirs["tok"]), backbone_name="tiny-random",
+      tokenizer_dir=dirs["tok"], backbone_name="tiny-random",
       learning_rates=LEARNING_RATES, head_learning_rates={"full_finetune": 1e-3},
       mesh_data=1,
       prompt_length=8, low_rank_rank=2, prefix_lengths={"copa": 3})

@@ -262,54 +262,6 @@ def _mean_loss(params, batch):
   return loss, {"mae": jnp.mean(jnp.abs(err))}
 
 
-def test_accumulate_gradients_matches_full_batch():
-  rng = np.random.default_rng(0)
-  batch = {"x": jnp.asarray(rng.normal(size=(12, 5)), jnp.float32),
-           "y": jnp.asarray(rng.normal(size=(12,)), jnp.float32)}
-  params = {"w": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
-            "b": jnp.asarray(0.3, jnp.float32)}
-  grad_fn = jax.value_and_grad(_mean_loss, has_aux=True)
-  (loss, aux), grads = grad_fn(params, batch)
-  for m in (1, 3, 4):
-    accumulate = jax.jit(
-        lambda p, b, m=m: opt.accumulate_gradients(grad_fn, p, b, m))
-    (l_m, aux_m), g_m = accumulate(params, batch)
-    np.testing.assert_allclose(l_m, loss, atol=1e-5, rtol=0)
-    for k in grads:
-      np.testing.assert_allclose(g_m[k], grads[k], atol=1e-5, rtol=0)
-    assert aux_m["mae"].shape == ()
-  # The microbatches really are different: per-microbatch grads differ.
-  (_, _), g0 = grad_fn(params, jax.tree.map(lambda x: x[:4], batch))
-  assert np.abs(np.asarray(g0["w"] - grads["w"])).max() > 1e-3
-
-
-def test_accumulate_gradients_rngs_per_microbatch():
-  def fn(params, batch, rng):
-    noise = jax.random.normal(rng, ())
-    return (noise, {"n": noise}), jax.tree.map(jnp.zeros_like, params)
-
-  batch = {"x": jnp.zeros((4, 2))}
-  key = jax.random.key(0)
-  (loss, _), _ = opt.accumulate_gradients(fn, {"w": jnp.zeros(2)}, batch, 2,
-                                          rng=key)
-  keys = jax.random.split(key, 2)
-  expected = np.mean([float(jax.random.normal(k, ())) for k in keys])
-  np.testing.assert_allclose(loss, expected, atol=1e-6)
-
-
-def test_accumulate_gradients_errors():
-  grad_fn = jax.value_and_grad(_mean_loss, has_aux=True)
-  params = {"w": jnp.zeros(5), "b": jnp.zeros(())}
-  batch = {"x": jnp.zeros((10, 5)), "y": jnp.zeros(10)}
-  with pytest.raises(ValueError, match=r"'x'.*10.*num_microbatches=4"):
-    opt.accumulate_gradients(grad_fn, params, batch, 4)
-  with pytest.raises(ValueError, match="disagree"):
-    opt.accumulate_gradients(grad_fn, params,
-                             {"x": jnp.zeros((4, 5)), "y": jnp.zeros(8)}, 2)
-  with pytest.raises(ValueError, match=">= 1"):
-    opt.accumulate_gradients(grad_fn, params, batch, 0)
-
-
 def test_sizes():
   params = _trainables()
   assert opt.num_params(params) == P * H + P * 2 + 2 * H + H * 3

@@ -118,3 +118,53 @@ def test_microbatches_must_divide_batch():
   _, bb, t3, s3 = _setup(microbatches=3)
   with pytest.raises(ValueError, match="not divisible by num_microbatches=3"):
     t3.train_step(s3, bb.params, t3.place_batch(_batch(101)))
+
+
+class _TokenTerm:
+  """A loss term reporting a per-target-token mean (weighted like the loss)."""
+
+  def __call__(self, model, trainables, frozen, batch, outputs, rng, deterministic):
+    weights = batch["decoder_loss_weights"]
+    value = (jax.numpy.sum(jax.numpy.mean(outputs.logits ** 2, -1) * weights)
+             / jax.numpy.maximum(jax.numpy.sum(weights), 1.0))
+    return 1e-3 * value, {"logit_square": value}
+
+
+def test_microbatches_report_every_metric_the_full_batch_reports():
+  """Regression: with num_microbatches > 1 the step used to return only the
+  loss, token accuracy and target tokens, dropping `aux_loss` and loss-term
+  metrics (e.g. MPT's distillation terms)."""
+  from ptuning_jax.methods import ia3  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class SownIA3(ia3.IA3):
+    @nn.compact
+    def __call__(self, batch_size, context=initializers.InitContext(),
+                 deterministic=True, batch=None):
+      hooks = super().__call__(batch_size, context, deterministic, batch)
+      self.sow("losses", "l2", 1e-2 * sum(jax.numpy.sum(jax.numpy.square(v - 1.0) + 1.0)
+                                          for v in hooks.scales.values()))
+      return hooks
+
+  config = testing.tiny_config()
+  mesh = partitioning.make_mesh(1, 1)
+  rules = partitioning.standard_logical_axis_rules()
+  bb = backbones.load(backbones.BackboneSpec(config=config, seed=1), mesh, rules)
+  model = seq2seq.Seq2SeqModel(bb.module, SownIA3(bb.spec), (_TokenTerm(),))
+  tx = optimizers.build_optimizer(optimizers.OptimizerConfig(learning_rate=0.01))
+  histories, params = [], []
+  for micro in (1, 4):
+    state = trainer_lib.create_train_state(model.init_trainables(jax.random.key(0)), tx, 0)
+    trainer = trainer_lib.Trainer(model, tx, mesh, rules, bb.shardings,
+                                  num_microbatches=micro)
+    state, history = _run(trainer, trainer.place_state(state), bb.params, 2,
+                          config.vocab_size)
+    histories.append(history)
+    params.append(jax.device_get(state.params))
+  full, micro = histories
+  for a, b in zip(full, micro):
+    assert set(b) == set(a) >= {"loss", "token_accuracy", "target_tokens", "aux_loss",
+                                "logit_square", "grad_norm"}
+    for key in a:
+      np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=1e-5, err_msg=key)
+  chex.assert_trees_all_close(params[1], params[0], atol=1e-5, rtol=0)

@@ -248,11 +248,16 @@ def _check_tensors(source: hf_tensors.TensorSource, maps: list[TensorMap], abstr
   ignored = ({prefix + n for n in HARMLESS_TENSORS} | set(UNUSED_HEAD_TENSORS)
              | set(TIED_TENSORS))
   hf_tensors.check_names_and_shapes(
-      source, hf_tensors.expected_shapes(maps, abstract), ignored, ckpt_dir,
-      "BERT (with_pooler / with_mlm_head follow the tensors present, as "
-      "load_config sets them)")
+      source, hf_tensors.expected_shapes(maps, abstract), ignored, ckpt_dir, "BERT",
+      hint=_head_hint)
   for name in sorted(source.names() & set(UNUSED_HEAD_TENSORS)):
     logging.info("%s: ignoring %s (%s).", ckpt_dir, name, UNUSED_HEAD_TENSORS[name])
+
+
+def _head_hint(name: str) -> str:
+  if "pooler." in name or name.startswith(("cls.predictions", "lm_head.")):
+    return " (set with_pooler / with_mlm_head as load_config does)"
+  return ""
 
 
 def _check_tied(source: hf_tensors.TensorSource, maps: list[TensorMap], prefix: str,

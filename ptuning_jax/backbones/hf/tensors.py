@@ -22,7 +22,9 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+import flax.linen as nn
 import jax
+from flax import traverse_util
 import ml_dtypes  # noqa: F401  pylint: disable=unused-import (registers bfloat16 with numpy)
 import numpy as np
 from safetensors import safe_open
@@ -179,16 +181,9 @@ def tensor_names(ckpt_dir: str | os.PathLike) -> set[str]:
     return TensorSource(ckpt_dir, stack).names()
 
 
-def get_path(tree: Mapping, path: tuple[str, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def set_path(tree: dict, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
+def flat(tree: Mapping) -> dict[tuple[str, ...], Any]:
+  """{key path: leaf} of a nested parameter dict (`flax.traverse_util`)."""
+  return traverse_util.flatten_dict(dict(tree))
 
 
 def place(array: np.ndarray, sharding) -> jax.Array:
@@ -204,10 +199,12 @@ def place(array: np.ndarray, sharding) -> jax.Array:
 
 
 def check_names_and_shapes(source: "TensorSource", expected: Mapping[str, tuple],
-                           ignored: set, ckpt_dir: str, family: str) -> None:
+                           ignored: set, ckpt_dir: str, family: str,
+                           hint=lambda name: "") -> None:
   """Raises CheckpointMismatchError listing every missing, mis-shaped and
   unexpected tensor (`expected`: HF name -> HF shape; `ignored`: names that
-  may be present without a parameter)."""
+  may be present without a parameter; `hint(name)` explains an unexpected
+  one)."""
   present = source.names()
   problems = []
   for name in sorted(expected):
@@ -217,7 +214,7 @@ def check_names_and_shapes(source: "TensorSource", expected: Mapping[str, tuple]
       problems.append(f"mis-shaped {name}: expected {list(expected[name])}, "
                       f"found {list(source.shape(name))}")
   for name in sorted(present - set(expected) - set(ignored)):
-    problems.append(f"unexpected {name}: shape {list(source.shape(name))}")
+    problems.append(f"unexpected {name}: shape {list(source.shape(name))}{hint(name)}")
   if problems:
     raise CheckpointMismatchError(
         f"Checkpoint {ckpt_dir} does not match the {family} config "
@@ -226,8 +223,8 @@ def check_names_and_shapes(source: "TensorSource", expected: Mapping[str, tuple]
 
 def expected_shapes(maps: list[TensorMap], abstract: Any) -> dict[str, tuple]:
   """HF name -> HF shape of every mapped parameter of `abstract` (unboxed)."""
-  return {m.hf_name: hf_shape(tuple(get_path(abstract, m.path).shape), m.kind)
-          for m in maps}
+  leaves = flat(abstract)
+  return {m.hf_name: hf_shape(tuple(leaves[m.path].shape), m.kind) for m in maps}
 
 
 def read_params(source: "TensorSource", maps: list[TensorMap], abstract: Any,
@@ -237,20 +234,22 @@ def read_params(source: "TensorSource", maps: list[TensorMap], abstract: Any,
   dtype and placed on its sharding (`shardings` None: the default device) one
   at a time. `arrays` supplies tensors by HF name instead of the source
   (e.g. an embedding read once for its tied aliases)."""
+  targets = flat(abstract)
+  placements = None if shardings is None else flat(shardings)
   params: dict = {}
   for m in maps:
-    target = get_path(abstract, m.path)
+    target = targets[m.path]
     array = (arrays or {}).get(m.hf_name)
     array = source.get(m.hf_name) if array is None else array
     array = to_ours(array, m.kind, tuple(target.shape)).astype(target.dtype)
-    sharding = None if shardings is None else get_path(shardings, m.path)
+    sharding = None if placements is None else placements[m.path]
     try:
-      set_path(params, m.path, place(array, sharding))
+      params[m.path] = place(array, sharding)
     except ValueError as e:  # e.g. a dim not divisible by its mesh axis
       raise ValueError(f"Cannot place {m.hf_name} as {'/'.join(m.path)} "
                        f"{array.shape} with {sharding}: {e}") from e
     del array
-  return params
+  return traverse_util.unflatten_dict(params)
 
 
 # ------------------------------------------------------------------ export
@@ -259,16 +258,14 @@ def read_params(source: "TensorSource", maps: list[TensorMap], abstract: Any,
 def _entries(params: Any, maps: list[TensorMap]) -> list[tuple[str, Any, str]]:
   """(hf name, our array, kind) of every mapped tensor, after checking that the
   maps cover the tree exactly."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  params = nn.meta.unbox(params)
-  ours = {jax.tree_util.keystr(p, simple=True, separator="/")
-          for p, _ in jax.tree_util.tree_leaves_with_path(params)}
-  wanted = {"/".join(m.path) for m in maps}
-  if ours != wanted:
+  leaves = flat(nn.meta.unbox(params))
+  wanted = {m.path for m in maps}
+  if set(leaves) != wanted:
+    show = lambda paths: sorted("/".join(p) for p in paths)  # noqa: E731
     raise CheckpointMismatchError(
-        f"params do not match the config: missing {sorted(wanted - ours)}, "
-        f"unexpected {sorted(ours - wanted)}.")
-  return [(m.hf_name, get_path(params, m.path), m.kind) for m in maps]
+        f"params do not match the config: missing {show(wanted - set(leaves))}, "
+        f"unexpected {show(set(leaves) - wanted)}.")
+  return [(m.hf_name, leaves[m.path], m.kind) for m in maps]
 
 
 def _host(entries) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from ptuning_jax.backbones.hf import t5 as hf_t5
+from ptuning_jax.backbones.hf import tensors as hf_tensors
 from ptuning_jax.training import partitioning
 from ptuning_jax.backbones import t5
 from ptuning_jax import testing
@@ -33,13 +34,13 @@ def ckpts(tmp_path_factory):
 
 
 def _tensors(path):
-  with safe_open(os.path.join(path, hf_t5.WEIGHTS_NAME), "numpy") as f:
+  with safe_open(os.path.join(path, hf_tensors.WEIGHTS_NAME), "numpy") as f:
     return {k: f.get_tensor(k) for k in f.keys()}
 
 
 def _write(path, tensors, config_json):
   os.makedirs(path, exist_ok=True)
-  save_file(tensors, os.path.join(path, hf_t5.WEIGHTS_NAME), metadata={"format": "pt"})
+  save_file(tensors, os.path.join(path, hf_tensors.WEIGHTS_NAME), metadata={"format": "pt"})
   with open(os.path.join(path, hf_t5.CONFIG_NAME), "w") as f:
     json.dump(config_json, f)
   return str(path)
@@ -355,9 +356,9 @@ def test_sharded_export_and_import(tmp_path, ckpts):
   hf_t5.save_checkpoint(params, config, out, max_shard_bytes=8_000)
   files = sorted(os.listdir(out))
   shards = [f for f in files if f.startswith("model-")]
-  assert len(shards) > 2 and hf_t5.WEIGHTS_NAME not in files
+  assert len(shards) > 2 and hf_tensors.WEIGHTS_NAME not in files
   assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
-  with open(os.path.join(out, hf_t5.INDEX_NAME)) as f:
+  with open(os.path.join(out, hf_tensors.INDEX_NAME)) as f:
     index = json.load(f)
   assert set(index["weight_map"].values()) == set(shards)
   assert index["metadata"]["total_size"] == 4 * t5.num_params(config)
@@ -382,7 +383,7 @@ def test_bfloat16_round_trip(tmp_path, ckpts):
   assert _config_json(out)["dtype"] == "bfloat16"
   config2, params2 = hf_t5.load_checkpoint(out, param_dtype="bfloat16")
   _assert_trees_equal(params2, params)
-  with safe_open(os.path.join(out, hf_t5.WEIGHTS_NAME), "numpy") as f:
+  with safe_open(os.path.join(out, hf_tensors.WEIGHTS_NAME), "numpy") as f:
     assert f.get_tensor("shared.weight").dtype == jnp.bfloat16
 
 
