@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 
 from ptuning_jax import hooks as hooks_lib
+from ptuning_jax.backbones import config_checks
 from ptuning_jax.backbones import layers
 
 Array = jax.Array
@@ -81,7 +82,7 @@ INIT_STDDEV = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(config_checks.Numerics):
   """Architecture and numerics of one BERT-family encoder.
 
   Field names follow Hugging Face's `config.json`. Methods never read them:
@@ -132,12 +133,9 @@ class BertConfig:
   remat_policy: str = "none"
 
   def __post_init__(self):
-    for name in ("vocab_size", "hidden_size", "num_hidden_layers",
-                 "num_attention_heads", "intermediate_size",
-                 "max_position_embeddings", "type_vocab_size"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"BertConfig.{name} must be a positive int, got {value!r}.")
+    config_checks.positive_ints(self, (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+        "intermediate_size", "max_position_embeddings", "type_vocab_size"))
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"BertConfig.hidden_size={self.hidden_size} is not divisible "
                        f"by num_attention_heads={self.num_attention_heads}.")
@@ -152,28 +150,9 @@ class BertConfig:
     if not 0 <= self.position_offset < self.max_position_embeddings:
       raise ValueError(f"BertConfig.position_offset={self.position_offset} must be "
                        f"in [0, max_position_embeddings={self.max_position_embeddings}).")
-    for name in ("hidden_dropout_rate", "attention_dropout_rate"):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f"BertConfig.{name} must be in [0, 1), got {getattr(self, name)}.")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"BertConfig.remat_policy={self.remat_policy!r}; expected one "
-                       f"of {sorted(REMAT_POLICIES)}.")
-    for name in ("dtype", "param_dtype"):
-      value = getattr(self, name)
-      try:
-        ok = isinstance(value, str) and jnp.issubdtype(jnp.dtype(value), jnp.floating)
-      except TypeError:
-        ok = False
-      if not ok:
-        raise ValueError(f"BertConfig.{name} must be a float dtype name, got {value!r}.")
-
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
-  def params_dtype(self):
-    return jnp.dtype(self.param_dtype)
+    config_checks.rates(self, ("hidden_dropout_rate", "attention_dropout_rate"))
+    config_checks.choice(self, "remat_policy", tuple(REMAT_POLICIES))
+    config_checks.float_dtypes(self)
 
   @property
   def max_length(self) -> int:

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from ptuning_jax import hooks as hooks_lib
+from ptuning_jax.backbones import config_checks
 from ptuning_jax.backbones import layers
 
 Array = jax.Array
@@ -70,7 +71,7 @@ MT5_VOCAB_SIZE = 250112
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(config_checks.Numerics):
   """Architecture and numerics of one T5-family model.
 
   Attributes:
@@ -128,12 +129,10 @@ class T5Config:
   attention_impl: str = "xla"
 
   def __post_init__(self):
-    for name in ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff",
-                 "num_encoder_layers", "num_decoder_layers",
-                 "relative_attention_num_buckets", "relative_attention_max_distance"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}.")
+    config_checks.positive_ints(self, (
+        "vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers",
+        "num_decoder_layers", "relative_attention_num_buckets",
+        "relative_attention_max_distance"))
     if self.relative_attention_num_buckets < 4:
       raise ValueError("T5Config.relative_attention_num_buckets must be >= 4, got "
                        f"{self.relative_attention_num_buckets}.")
@@ -142,26 +141,18 @@ class T5Config:
           "T5Config.relative_attention_max_distance must exceed "
           f"relative_attention_num_buckets // 2 = {self.relative_attention_num_buckets // 2}; "
           f"got {self.relative_attention_max_distance}.")
-    _check_choice("feed_forward", self.feed_forward, FEED_FORWARDS)
-    _check_choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
-    _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
-    for name in ("dtype", "param_dtype"):
-      value = getattr(self, name)
-      try:
-        ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)
-      except TypeError:
-        ok = False
-      if not isinstance(value, str) or not ok:
-        raise ValueError(f"T5Config.{name} must be a float dtype name, got {value!r}.")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+    config_checks.choice(self, "feed_forward", FEED_FORWARDS)
+    config_checks.choice(self, "remat_policy", tuple(REMAT_POLICIES))
+    config_checks.choice(self, "attention_impl", ATTENTION_IMPLS)
+    config_checks.float_dtypes(self)
+    config_checks.rates(self, ("dropout_rate",))
     if not isinstance(self.tie_word_embeddings, bool):
       raise ValueError("T5Config.tie_word_embeddings must be a bool, got "
                        f"{self.tie_word_embeddings!r}.")
     if not isinstance(self.scale_decoder_outputs, (bool, type(None))):
       raise ValueError("T5Config.scale_decoder_outputs must be None or a bool, got "
                        f"{self.scale_decoder_outputs!r}.")
-    _check_choice("model_type", self.model_type, MODEL_TYPES)
+    config_checks.choice(self, "model_type", MODEL_TYPES)
     if self.model_type == "mt5" and self.scale_decoder_outputs:
       raise ValueError("T5Config.scale_decoder_outputs=True with model_type='mt5': "
                        "transformers' MT5ForConditionalGeneration never scales.")
@@ -173,24 +164,11 @@ class T5Config:
       return self.scale_decoder_outputs
     return self.tie_word_embeddings and self.model_type == "t5"
 
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
-  def params_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
 
 def with_overrides(config: T5Config, **fields) -> T5Config:
   """`config` with run-level overrides (dtype, param_dtype, dropout_rate,
   remat_policy, attention_impl)."""
   return dataclasses.replace(config, **fields)
-
-
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-  if value not in choices:
-    raise ValueError(f"T5Config.{name}={value!r}; expected one of {choices}.")
 
 
 def _t5_1_1(d_model, num_heads, d_kv, d_ff, layers_, **kw) -> T5Config:
@@ -338,6 +316,12 @@ def _attention(config: T5Config, name: str, is_cross: bool = False):
       attention_impl=config.attention_impl, name=name, **_module_kwargs(config))
 
 
+def _residual(config: T5Config, x: Array, h: Array, deterministic: bool) -> Array:
+  """x + dropout(h), the residual connection of every sublayer: [B, T, H]."""
+  h = nn.Dropout(rate=config.dropout_rate)(h, deterministic=deterministic)
+  return layers.constrain(x + h, layers.BATCH_LENGTH_EMBED)
+
+
 def _mlp(config: T5Config) -> layers.MlpBlock:
   activation, gated = FEED_FORWARD_ACTIVATIONS[config.feed_forward]
   return layers.MlpBlock(d_ff=config.d_ff, activation=activation, gated=gated,
@@ -358,18 +342,15 @@ class EncoderLayer(nn.Module):
     layer's `hooks.LayerHooks`; prefix_bias [1, N, T, P] or None. Returns
     [B, T, H]."""
     cfg = self.config
-    dropout = nn.Dropout(rate=cfg.dropout_rate)
     h = _norm(cfg, "pre_attention_layer_norm")(x)
     h = _attention(cfg, "attention")(
         h, h, bias, mask, _kv(layer_hooks, "self", prefix_bias),
         layer_hooks.scale("self/k"), layer_hooks.scale("self/v"),
         deterministic=deterministic)
-    x = layers.constrain(x + dropout(h, deterministic=deterministic),
-                         layers.BATCH_LENGTH_EMBED)
+    x = _residual(cfg, x, h, deterministic)
     h = _norm(cfg, "pre_mlp_layer_norm")(x)
     h = _mlp(cfg)(h, layer_hooks.scale("mlp"), deterministic=deterministic)
-    return layers.constrain(x + dropout(h, deterministic=deterministic),
-                            layers.BATCH_LENGTH_EMBED)
+    return _residual(cfg, x, h, deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -384,25 +365,21 @@ class DecoderLayer(nn.Module):
     prefix_bias [1, N, S, P] or None; cache_index int scalar or None;
     decode_mode None | "init" | "step". Returns [B, S, H]."""
     cfg = self.config
-    dropout = nn.Dropout(rate=cfg.dropout_rate)
     h = _norm(cfg, "pre_self_attention_layer_norm")(y)
     h = _attention(cfg, "self_attention")(
         h, h, self_bias, self_mask, _kv(layer_hooks, "self", prefix_bias),
         layer_hooks.scale("self/k"), layer_hooks.scale("self/v"),
         deterministic=deterministic, decode_mode=decode_mode, cache_index=cache_index)
-    y = layers.constrain(y + dropout(h, deterministic=deterministic),
-                         layers.BATCH_LENGTH_EMBED)
+    y = _residual(cfg, y, h, deterministic)
     h = _norm(cfg, "pre_cross_attention_layer_norm")(y)
     h = _attention(cfg, "encoder_decoder_attention", is_cross=True)(
         h, encoded, None, cross_mask, _kv(layer_hooks, "cross"),
         layer_hooks.scale("cross/k"), layer_hooks.scale("cross/v"),
         deterministic=deterministic, decode_mode=decode_mode)
-    y = layers.constrain(y + dropout(h, deterministic=deterministic),
-                         layers.BATCH_LENGTH_EMBED)
+    y = _residual(cfg, y, h, deterministic)
     h = _norm(cfg, "pre_mlp_layer_norm")(y)
     h = _mlp(cfg)(h, layer_hooks.scale("mlp"), deterministic=deterministic)
-    return layers.constrain(y + dropout(h, deterministic=deterministic),
-                            layers.BATCH_LENGTH_EMBED)
+    return _residual(cfg, y, h, deterministic)
 
 
 # ---------------------------------- stacks ----------------------------------
