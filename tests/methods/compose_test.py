@@ -71,7 +71,7 @@ def test_methods_start_from_a_prompt_file(tmp_path):
   path = str(tmp_path / "prompt.npy")
   np.save(path, prompt)
   soft = mt.init(compose.started_from(functools.partial(prompt_tuning.SoftPrompt, length=P),
-                                      path)(backbone_config=cfg), params)
+                                      path)(spec=mt.spec(cfg)), params)
   np.testing.assert_array_equal(soft["prompt"], prompt)
   lr = mt.init(low_rank.LowRankPrompt(mt.spec(cfg), length=P, rank=P,
                                       initializer=compose.from_npy(path)), params)
@@ -79,8 +79,8 @@ def test_methods_start_from_a_prompt_file(tmp_path):
                              prompt, atol=1e-5)  # full-rank SVD of the file's prompt
   shared = mt.init(compose.started_from(
       functools.partial(prefix_tuning.PrefixTuning, length=2, projection_hidden=3),
-      path, start=2)(backbone_config=cfg), params)
-  np.testing.assert_array_equal(shared["encoder"]["embedding"], prompt[2:4])
+      path, start=2)(spec=mt.spec(cfg)), params)
+  np.testing.assert_array_equal(shared["encoder_self"]["embedding"], prompt[2:4])
   with pytest.raises(ValueError, match=r"holds shape \(6, 12\); the parameter needs "
                      r"\(2, 6, 3, 5\)"):
     mt.init(prefix_tuning.PrefixTuning(mt.spec(cfg), length=6, initializer=compose.from_npy(path)),
@@ -98,7 +98,7 @@ def test_composed_hooks_merge():
   method = compose.Composed(mt.spec(cfg), parts=parts, names=("prompt", "ia3"))
   tr = mt.init(method, params)
   assert sorted(tr) == ["ia3", "prompt"]
-  assert methods.count_params(method) == 2 * cfg.d_model + ia3.num_params(cfg)
+  assert methods.count_params(method) == 2 * cfg.d_model + ia3.num_params(method.spec)
   tr["ia3"] = jax.tree_util.tree_map(lambda x: x * 1.3, tr["ia3"])
   hk = method.apply({"params": tr}, 2)
   # The composed hooks are the parts' hooks, merged.
@@ -109,12 +109,15 @@ def test_composed_hooks_merge():
     np.testing.assert_array_equal(hk.scales[site], value)
   x = np.random.default_rng(0).normal(size=(2, 5, cfg.d_model)).astype(np.float32)
   tokens, mask = np.ones((2, 5), np.int32), np.ones((2, 5), bool)
-  for got, want in zip(hk.encoder_inputs(x, tokens, mask),
-                       soft.encoder_inputs(x, tokens, mask)):
+  assert set(hk.inputs) == set(soft.inputs) == {"encoder"}
+  for got, want in zip(hk.inputs["encoder"](x, tokens, mask),
+                       soft.inputs["encoder"](x, tokens, mask)):
     np.testing.assert_array_equal(got, want)
   clash = compose.Composed(mt.spec(cfg), parts=(functools.partial(
-      prompt_tuning.SoftPrompt, length=2, decoder_length=1, initializer=initializers.normal()),) * 2)
-  with pytest.raises(ValueError, match="part 'part_1': Both hook sets set decoder_prefix"):
+      prompt_tuning.SoftPrompt, length=2, decoder_length=1,
+      initializer=initializers.normal()),) * 2)
+  with pytest.raises(ValueError,
+                     match=r"part 'part_1': Both hook sets set prefix sites \['decoder'\]"):
     mt.init(clash, params)
   with pytest.raises(ValueError, match="Composed.parts is empty"):
     mt.init(compose.Composed(mt.spec(cfg)), params)
@@ -129,7 +132,7 @@ def test_fold_folds_every_part():
   tr["ia3"] = jax.tree_util.tree_map(lambda x: x * 1.3, tr["ia3"])
   folded, folded_params = mt.check_fold(method, tr)
   assert sorted(folded_params["residual"]) == ["prompt"]  # the MLP is gone
-  assert methods.count_params(folded) == 3 * cfg.d_model + ia3.num_params(cfg)
+  assert methods.count_params(folded) == 3 * cfg.d_model + ia3.num_params(method.spec)
 
 
 def test_training_sharded_equals_unsharded(tmp_path):

@@ -58,14 +58,14 @@ def test_offset_math_and_zero_init():
   tokens = np.ones((2, 6), np.int32)
   mask = np.ones((2, 6), bool)
   hk = method.apply({"params": trainables}, 2)
-  out, out_mask = hk.encoder_inputs(x, tokens, mask)
+  out, out_mask = hk.inputs["encoder"](x, tokens, mask)
   np.testing.assert_array_equal(
       out[:, :M], np.broadcast_to(trainables["prompt"], (2, M, cfg.d_model)))
   np.testing.assert_array_equal(out[:, M:], x)  # B = 0: bit for bit
   assert out_mask.shape == (2, M + 6) and out_mask.all()
   trainables = dict(trainables, low_rank_b=np.random.default_rng(1).normal(
       size=(R, cfg.d_model)).astype(np.float32))
-  out, _ = method.apply({"params": trainables}, 2).encoder_inputs(x, tokens, mask)
+  out, _ = method.apply({"params": trainables}, 2).inputs["encoder"](x, tokens, mask)
   expected = x + 8.0 / math.sqrt(R) * (trainables["low_rank_a"][:6] @ trainables["low_rank_b"])
   np.testing.assert_allclose(out[:, M:], expected, rtol=1e-6, atol=1e-6)
 

@@ -30,7 +30,7 @@ def test_prompt_is_activation_of_fixed_input_times_factors():
   expected = np.tanh(x0 @ tr["lopt_u"]) @ tr["lopt_v"]
   hooks = method.apply({"params": tr}, 2)
   x = np.zeros((2, 3, cfg.d_model), np.float32)
-  out, _ = hooks.encoder_inputs(x, np.ones((2, 3), np.int32), np.ones((2, 3), bool))
+  out, _ = hooks.inputs["encoder"](x, np.ones((2, 3), np.int32), np.ones((2, 3), bool))
   np.testing.assert_allclose(out[0, :P], expected, atol=1e-5)
   np.testing.assert_allclose(out[1, :P], expected, atol=1e-5)
   # U starts with unit-variance pre-activations.
@@ -61,7 +61,7 @@ def test_fold_gives_identical_outputs():
 @pytest.mark.parametrize("kwargs, culprit", [
     (dict(activation="swish"), "activation='swish'"),
     (dict(init_mode="svd"), "init_mode='svd'"),
-    (dict(rank=10_000), "rank=10000 exceeds d_model")])
+    (dict(rank=10_000), "rank=10000 exceeds the embed width")])
 def test_bad_settings_name_the_attribute(kwargs, culprit):
   with pytest.raises(ValueError, match=culprit):
     methods.count_params(lopt.LoPT2Prompt(mt.spec(mt.config()), **{"length": P, **kwargs}))

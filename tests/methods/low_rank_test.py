@@ -19,7 +19,7 @@ def test_param_count_is_b_times_p_plus_h():
   # DPT's Figure 1: T5-Large, P = 100, b = 10 -> 11,240 (vs 102,400).
   large = t5.get_config("large")
   assert methods.count_params(low_rank.LowRankPrompt(
-      large, length=100, rank=10, init_mode="random")) == 11_240
+      mt.spec(large), length=100, rank=10, init_mode="random")) == 11_240
 
 
 def test_svd_init_is_best_rank_b_approximation_of_the_initial_prompt():

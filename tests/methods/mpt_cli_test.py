@@ -84,6 +84,7 @@ def test_three_stages_from_the_command_line(tmp_path, byte_backbone, capsys):
                    f"--gin.TEACHER_FILES={teachers}"]) == 0
   metrics = _last_json(capsys.readouterr().out)
   assert "eval/accuracy" in metrics and np.isfinite(metrics["train/loss"])
+  assert metrics["train/distill_kl"] > 0  # mpt.gin's loss term reached the run
   export = source_dir / "checkpoints" / "numpy" / "2"
   assert np.load(export / "prefix_task_cols.npy").shape == (3, 3, 1)
 

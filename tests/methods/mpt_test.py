@@ -12,6 +12,8 @@ import method_testing as mt
 from ptuning_jax import backbones
 from ptuning_jax.backbones.hf import t5 as hf_t5
 from ptuning_jax import methods
+from ptuning_jax import models
+from ptuning_jax.models import losses
 from ptuning_jax.models import seq2seq
 from ptuning_jax.training import optimizers
 from ptuning_jax.training import partitioning
@@ -38,7 +40,7 @@ def test_param_count_is_p_h_plus_k_r_p_plus_h(num_tasks, rank):
     assert count == P * h + num_tasks * rank * (P + h) == mpt.num_params(
         h, P, num_tasks, rank)
   # The paper's target stage at T5-Base: 76,800 + 100 + 768.
-  assert methods.count_params(mpt.MPT(t5.get_config("base"))) == 77_668
+  assert methods.count_params(mpt.MPT(mt.spec(t5.get_config("base")))) == 77_668
 
 
 def test_task_prompt_is_shared_prompt_times_rank_r_update():
@@ -55,7 +57,7 @@ def test_task_prompt_is_shared_prompt_times_rank_r_update():
   x = np.random.default_rng(0).normal(size=(4, 5, cfg.d_model)).astype(np.float32)
   tokens, mask = np.ones((4, 5), np.int32), np.ones((4, 5), bool)
   hk = method.apply({"params": tr}, 4, batch={"task_index": index})
-  out, out_mask = hk.encoder_inputs(x, tokens, mask)
+  out, out_mask = hk.inputs["encoder"](x, tokens, mask)
   for b, k in enumerate(index):
     update = sum(np.outer(tr["prefix_task_cols"][k][:, i], tr["prefix_task_rows"][k][i])
                  for i in range(R))  # sum of rank-one terms u_i v_i^T
@@ -66,13 +68,13 @@ def test_task_prompt_is_shared_prompt_times_rank_r_update():
   np.testing.assert_allclose(folded_params["prompt"], out[0, :P], rtol=1e-6)
   assert isinstance(folded, prompt_tuning.SoftPrompt)
   with pytest.raises(ValueError, match=r"task_index values \[3\]"):
-    method.apply({"params": tr}, 4, batch={"task_index": index + 1}).encoder_inputs(
+    method.apply({"params": tr}, 4, batch={"task_index": index + 1}).inputs["encoder"](
         x, tokens, mask)
   with pytest.raises(ValueError, match="needs the batch feature 'task_index'"):
-    method.apply({"params": tr}, 4).encoder_inputs(x, tokens, mask)
+    method.apply({"params": tr}, 4).inputs["encoder"](x, tokens, mask)
   # Inside jit a bad index cannot raise: that example's prompt is NaN.
   jitted = jax.jit(lambda i: method.apply({"params": tr}, 4, batch={"task_index": i})
-                   .encoder_inputs(x, tokens, mask)[0])
+                   .inputs["encoder"](x, tokens, mask)[0])
   bad = np.asarray(jitted(jnp.asarray([0, 5, 1, 1])))
   assert np.isnan(bad[1, :P]).all() and np.isfinite(bad[[0, 2, 3]]).all()
 
@@ -93,7 +95,7 @@ def test_peft_init_modes(tmp_path):
   _, params = mt.frozen(cfg)
   h = cfg.d_model
   src = _write_source(str(tmp_path / "src"), h)
-  target = functools.partial(mpt.MPT, cfg, num_tasks=1, length=P, rank=R,
+  target = functools.partial(mpt.MPT, mt.spec(cfg), num_tasks=1, length=P, rank=R,
                              source=str(tmp_path / "src"))
   avg = mt.init(target(init_mode="AVERAGE_SOURCE_TASKS"), params)
   np.testing.assert_array_equal(avg["prompt"], src["prompt"])
@@ -160,19 +162,20 @@ def test_distillation_loss(tmp_path):
   batch["task_index"] = np.array([0, 1] * 4, np.int32)
   rng = np.random.default_rng(3)
   teachers = [rng.normal(size=(P, cfg.d_model)) for _ in range(2)]
-  model = mpt_recipe.distillation_model(module, method, weight=0.5, temperature=2.0,
-                                 teacher_files=_teacher_files(tmp_path, cfg, teachers))
-  np.testing.assert_array_equal(model.teachers, np.stack(teachers).astype(np.float32))
+  term = mpt_recipe.distillation(_teacher_files(tmp_path, cfg, teachers), weight=0.5,
+                                 temperature=2.0)
+  assert isinstance(term, losses.PromptDistillation)
+  np.testing.assert_array_equal(term.teachers, np.stack(teachers).astype(np.float32))
+  model = seq2seq.Seq2SeqModel(module, method, loss_terms=(term,))
 
   @jax.jit
   def run(teachers, tr):  # one compilation for both teacher sets
-    with_teachers = dataclasses.replace(model, teachers=teachers)
-    (objective, metrics), grads = jax.value_and_grad(with_teachers.loss_fn, has_aux=True)(
-        tr, params, batch)
-    student = mpt_recipe.forward_with_hidden(module, params, batch,
-                                      method.apply({"params": tr}, 8, batch=batch))
-    teacher_hooks = with_teachers.teacher_hooks(batch)
-    teacher = mpt_recipe.forward_with_hidden(module, params, batch, teacher_hooks)
+    with_teachers = dataclasses.replace(term, teachers=teachers)
+    distilled = dataclasses.replace(model, loss_terms=(with_teachers,))
+    (objective, metrics), grads = jax.value_and_grad(distilled.loss_fn, has_aux=True)(
+        {"method": tr}, params, batch)
+    student = distilled.forward(params, batch, method.apply({"params": tr}, 8, batch=batch))
+    teacher = distilled.forward(params, batch, with_teachers.teacher_hooks(model.spec, batch))
     return objective, metrics, grads, student, teacher
 
   # Teachers equal to the student's own task prompts: no distillation signal.
@@ -180,34 +183,34 @@ def test_distillation_loss(tmp_path):
   objective, metrics, _, student, _ = run(own, tr)
   assert abs(float(metrics["distill_kl"])) < 1e-6
   assert abs(float(metrics["distill_hidden"])) < 1e-10
-  total, weight, _ = seq2seq.cross_entropy(student[0], batch["decoder_target_tokens"],
+  total, weight, _ = losses.cross_entropy(student.logits, batch["decoder_target_tokens"],
                                           batch["decoder_loss_weights"])
   np.testing.assert_allclose(metrics["loss"], total / weight, rtol=1e-6)
   # Other teachers: L = L_PLM + lambda (KL + MSE), KL checked by hand.
-  objective, metrics, grads, student, teacher = run(model.teachers, tr)
+  objective, metrics, grads, student, teacher = run(term.teachers, tr)
   assert metrics["distill_kl"] > 1e-4 and metrics["distill_hidden"] > 1e-4
   np.testing.assert_allclose(objective, metrics["loss"] + 0.5 * (
       metrics["distill_kl"] + metrics["distill_hidden"]), rtol=1e-6)
-  ls = jax.nn.log_softmax(np.asarray(student[0]) / 2.0, -1)
-  lt = jax.nn.log_softmax(np.asarray(teacher[0]) / 2.0, -1)
+  ls = jax.nn.log_softmax(np.asarray(student.logits) / 2.0, -1)
+  lt = jax.nn.log_softmax(np.asarray(teacher.logits) / 2.0, -1)
   w = batch["decoder_loss_weights"]
   kl = (np.sum(np.exp(lt) * (lt - ls), -1) * w).sum() / w.sum()
   np.testing.assert_allclose(metrics["distill_kl"], kl, rtol=1e-5)
   enc_mask = batch["encoder_input_tokens"] > 0
   se = [np.mean(np.square(np.asarray(a) - np.asarray(b)), -1) for a, b in (
-      (student[1][:, P:], teacher[1][:, P:]), (student[2], teacher[2]))]
+      (student.encoded[:, P:], teacher.encoded[:, P:]), (student.decoded, teacher.decoded))]
   np.testing.assert_allclose(metrics["distill_hidden"], (
       (se[0] * enc_mask).sum() + (se[1] * w).sum()) / (enc_mask.sum() + w.sum()), rtol=1e-5)
   assert all(np.abs(g).max() > 0 for g in jax.tree_util.tree_leaves(grads))
-  with pytest.raises(ValueError, match="2 teacher_files for a method with num_tasks=3"):
-    mpt_recipe.distillation_model(module, _method(cfg), teacher_files=_teacher_files(
-        tmp_path, cfg, teachers))
-  with pytest.raises(ValueError, match=r"teacher .*teacher_1.npy has shape \(3,\)"):
-    mpt_recipe.distillation_model(module, method, teacher_files=_teacher_files(
-        tmp_path, cfg, [teachers[0], np.ones(3)]))
+  three = _method(cfg)  # K = 3 tasks, 2 teachers: the loss fails at trace time
+  with pytest.raises(ValueError, match="2 teacher prompts for a method with num_tasks=3"):
+    jax.eval_shape(dataclasses.replace(model, method=three).loss_fn,
+                   {"method": mt.init(three, params)}, params, batch)
+  with pytest.raises(ValueError, match=r"Teacher prompt .*teacher_1.npy has shape \(3,\)"):
+    mpt_recipe.distillation(_teacher_files(tmp_path, cfg, [teachers[0], np.ones(3)]))
   del batch["task_index"]
   with pytest.raises(ValueError, match="needs the batch feature 'task_index'"):
-    model.teacher_hooks(batch)
+    term.teacher_hooks(model.spec, batch)
 
 
 def _spec():
@@ -233,18 +236,20 @@ def _unsharded_distillation_steps(teacher_files, steps, extra_steps=4):
   module = t5.T5(cfg)
   frozen_params = hf_t5.load_params(ckpt, cfg, mesh=mesh, rules=rules)
   method = mpt.MPT(mt.spec(cfg), num_tasks=len(teacher_files), length=P, factor_stddev=1.0)
-  model = mpt_recipe.distillation_model(module, method, teacher_files=teacher_files)
+  model = seq2seq.Seq2SeqModel(module, method,
+                               loss_terms=(mpt_recipe.distillation(teacher_files),))
   data = mt.task_index_data()
   tx = optimizers.build_optimizer(DRIVER_OPTIMIZER)
   state = trainer_lib.create_train_state(
       model.init_trainables(jax.random.key(42), mt.context(frozen_params, data.vocab)),
       tx, 42)
   trainer = trainer_lib.Trainer(model, tx, mesh, rules,
-                                backbones.frozen_shardings(module, mesh, rules))
+                                backbones.frozen_shardings(backbones.T5, module, mesh,
+                                                           rules))
   state, batches = trainer.place_state(state), data.train_iterator()
   for _ in range(steps):
     state, _ = trainer.train_step(state, frozen_params, trainer.place_batch(next(batches)))
-  after = jax.tree_util.tree_map(np.asarray, jax.device_get(state.params))
+  after = jax.tree_util.tree_map(np.asarray, jax.device_get(state.params))["method"]
   fixed, losses = trainer.place_batch(next(batches)), []
   for _ in range(extra_steps):
     state, metrics = trainer.train_step(state, frozen_params, fixed)
@@ -302,13 +307,15 @@ def test_gin_files_wire_both_stages(tmp_path):
       f"TEACHER_FILES = {files}", "MPT_NUM_TASKS = 2", f"PROMPT_LENGTH = {P}",
       "MPT_DISTILL_WEIGHT = 0.5"])
   try:
-    method = gin.query_parameter("%METHOD").scoped_configurable_fn(backbone_config=cfg)
-    factory = gin.query_parameter("run.train.model_factory").scoped_configurable_fn
-    model = factory(module, method, z_loss=0.0)
+    method = gin.query_parameter("%METHOD").scoped_configurable_fn(spec=mt.spec(cfg))
+    backbone = backbones.Backbone(backbones.T5, module, params, None)
+    model = gin.get_configurable(models.build)(backbone, method, mt.smoke_data())
   finally:
     gin.clear_config()
-  assert isinstance(model, mpt_recipe.DistillationModel) and model.weight == 0.5
-  assert model.teachers.shape == (2, P, cfg.d_model)
+  assert isinstance(model, seq2seq.Seq2SeqModel) and model.method is method
+  (term,) = model.loss_terms
+  assert isinstance(term, losses.PromptDistillation) and term.weight == 0.5
+  assert term.teachers.shape == (2, P, cfg.d_model)
   assert (method.num_tasks, method.length, method.init_mode) == (2, P, "RANDOM")
   source = str(tmp_path / "src")
   _write_source(source, cfg.d_model, rank=1)
@@ -316,7 +323,7 @@ def test_gin_files_wire_both_stages(tmp_path):
       f"MPT_SOURCE = '{source}'", f"PROMPT_LENGTH = {P}", "MPT_INIT = 'EXACT_SOURCE_TASK'",
       "MPT_SOURCE_TASK = 1"])
   try:
-    target = gin.query_parameter("%METHOD").scoped_configurable_fn(backbone_config=cfg)
+    target = gin.query_parameter("%METHOD").scoped_configurable_fn(spec=mt.spec(cfg))
   finally:
     gin.clear_config()
   start = mt.init(target, params)

@@ -41,7 +41,7 @@ def test_prompts_combine_shared_and_selected_task(combine):
   index = np.array([2, 0, 2, 1], np.int32)
   x, tokens, mask = _inputs(cfg)
   hk = method.apply({"params": tr}, 4, batch={"task_index": index})
-  out, out_mask = hk.encoder_inputs(x, tokens, mask)
+  out, out_mask = hk.inputs["encoder"](x, tokens, mask)
   shared, tasks = tr["shared_prompt"], tr["task_prompts"]
   for b, k in enumerate(index):
     if combine == "add":
@@ -69,7 +69,7 @@ def test_first_token_selects_the_task_and_is_removed():
   tr = mt.init(method, params)
   x, tokens, mask = _inputs(cfg)
   tokens[:, 0] = [92, 90, 91, 90]
-  out, out_mask = method.apply({"params": tr}, 4).encoder_inputs(x, tokens, mask)
+  out, out_mask = method.apply({"params": tr}, 4).inputs["encoder"](x, tokens, mask)
   assert out.shape == (4, P + 4, cfg.d_model) and out_mask.shape == (4, P + 4)
   for b, k in enumerate([2, 0, 1, 0]):
     np.testing.assert_allclose(out[b, :P], tr["shared_prompt"] + tr["task_prompts"][k],
@@ -77,7 +77,7 @@ def test_first_token_selects_the_task_and_is_removed():
     np.testing.assert_array_equal(out[b, P:], x[b, 1:])
   tokens[1, 0] = 7  # not a task token
   with pytest.raises(ValueError, match=r"values \[-1\]"):
-    method.apply({"params": tr}, 4).encoder_inputs(x, tokens, mask)
+    method.apply({"params": tr}, 4).inputs["encoder"](x, tokens, mask)
 
 
 def test_bad_or_missing_task_index():
@@ -87,10 +87,10 @@ def test_bad_or_missing_task_index():
   tr = mt.init(method, params)
   x, tokens, mask = _inputs(cfg)
   with pytest.raises(ValueError, match="needs the batch feature 'task_index'"):
-    method.apply({"params": tr}, 4).encoder_inputs(x, tokens, mask)
+    method.apply({"params": tr}, 4).inputs["encoder"](x, tokens, mask)
   with pytest.raises(ValueError, match=r"values \[3\] outside \[0, num_tasks=3\)"):
     method.apply({"params": tr}, 4, batch={"task_index": np.array([0, 3, 1, 2])}
-                 ).encoder_inputs(x, tokens, mask)
+                 ).inputs["encoder"](x, tokens, mask)
   # Inside jit the index is traced: a bad one makes the loss NaN, not silent.
   batch = dict(mt.make_batch(cfg.vocab_size), task_index=np.array([0, 1, 2, 9] * 2))
   loss = jax.jit(lambda tr, b: mt.loss(module, method, tr, params, b)[0])

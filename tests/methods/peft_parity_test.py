@@ -1,4 +1,4 @@
-"""Parity with Hugging Face PEFT 0.21 (PyTorch, transformers 5) on one random T5.
+"""Parity with Hugging Face PEFT 0.22 (PyTorch, transformers 5) on one random T5.
 
 The same random-weight checkpoint (`testing.make_hf_t5`) is loaded by
 transformers and by `hf_t5.load_params`; PEFT's initial trainable
@@ -25,7 +25,7 @@ at positions P .. P + S - 1 and the layer-0 `compute_bias` runs with
 `past_seen_tokens = P` over P + S keys, so prefix key j gets the causal
 relative-position bias of distance q + P - j. Our `KVPrefix` hook gives
 prefix keys zero bias (decoder-token biases depend only on q - k and agree).
-The effective PEFT method is therefore `PrefixTuning(sites=("decoder_self",))`
+The effective PEFT method is therefore `PrefixTuning(sites=("decoder/self",))`
 with that layer mapping. With `positions="past"` (`hooks.KVPrefix`) our T5
 biases the prefix keys as positions -P .. -1, exactly (c), and parity holds
 with HF unpatched (`test_prefix_tuning_matches_peft_exactly`); with the
@@ -39,7 +39,7 @@ seq2seq forward uses both halves of the 2 P-row task prompt
 embedding * (cols_k @ rows_k): rows [0, P) before the encoder input, rows
 [P, 2 P) before the decoder input (it derives the decoder inputs from the
 labels, -100 for the prompt positions). Ours: `mpt.MPT(decoder_length=P)`
-(a `decoder_prefix`); with `num_transformer_submodules=1`, `mpt.MPT()`.
+(a decoder `prefix` hook); with `num_transformer_submodules=1`, `mpt.MPT()`.
 
 Dimension letters: B batch, T input length, S target length, P virtual
 tokens, L layers, N heads, D head dim, H d_model.
@@ -73,6 +73,7 @@ P = 3
 # PEFT's prefix layer mapping a permutation, so every entry is checked.
 CONFIG = testing.tiny_config(vocab_size=53, d_model=12, num_heads=3, d_kv=4,
                              num_encoder_layers=3, num_decoder_layers=3)
+SPEC = t5.hook_spec(CONFIG)
 ATOL = 1e-4
 
 
@@ -113,10 +114,11 @@ def _peft_loss_and_grad(model, batch):
 
 
 def _our_loss_and_grad(method, trainables, params, batch):
+  """Loss and gradients w.r.t. the method's parameters `trainables`."""
   model = seq2seq.Seq2SeqModel(t5.T5(CONFIG), method)
   grad_fn = jax.jit(jax.value_and_grad(lambda tr, b: model.loss_fn(tr, params, b)[0]))
-  loss, grads = grad_fn(trainables, batch)
-  return float(loss), jax.tree_util.tree_map(np.asarray, grads)
+  loss, grads = grad_fn({"method": trainables}, batch)
+  return float(loss), jax.tree_util.tree_map(np.asarray, grads["method"])
 
 
 # ------------------------------- prompt tuning -------------------------------
@@ -134,8 +136,8 @@ def test_prompt_tuning_matches_peft(checkpoint):
   batch = _batch()
   peft_loss, peft_grad = _peft_loss_and_grad(model, batch)
 
-  method = prompt_tuning.SoftPrompt(spec=CONFIG, length=P,
-                              initializer=initializers.normal())
+  method = prompt_tuning.SoftPrompt(spec=SPEC, length=P,
+                                    initializer=initializers.normal())
   trainables = {"prompt": weight[:P].copy()}
   loss, grads = _our_loss_and_grad(method, trainables, params, batch)
   np.testing.assert_allclose(loss, peft_loss, atol=ATOL, rtol=0)
@@ -156,7 +158,8 @@ def _peft_layer_entries(num_layers: int, layer: int) -> dict:
 
 
 def _prefix_from_peft(weight: np.ndarray) -> dict:
-  """PEFT's embedding [P, 2 L N D] -> our decoder_self {key, value} [L, P, N, D]."""
+  """PEFT's embedding [P, 2 L N D] -> our parameters of the site "decoder/self",
+  {"decoder_self": {key, value} [L, P, K = N, D]}."""
   layers = CONFIG.num_decoder_layers
   entries = weight.reshape(P, 2 * layers, CONFIG.num_heads, CONFIG.d_kv)
   keys, values = [], []
@@ -202,7 +205,7 @@ def _prefix_setup(checkpoint):
   assert (config.num_layers, config.token_dim, config.num_attention_heads) == (
       CONFIG.num_decoder_layers, CONFIG.d_model, CONFIG.num_heads)
   weight = model.prompt_encoder["default"].embedding.weight.detach().numpy()
-  method = prefix_tuning.PrefixTuning(CONFIG, length=P, sites=("decoder_self",))
+  method = prefix_tuning.PrefixTuning(SPEC, length=P, sites=("decoder/self",))
   return model, weight, method, params
 
 
@@ -310,18 +313,18 @@ def test_past_prefix_positions_change_the_encoder_not_cross_attention(checkpoint
 
   @functools.partial(jax.jit, static_argnums=(0, 1))
   def apply(site, positions):
-    layers_ = CONFIG.num_encoder_layers if site == "encoder" else CONFIG.num_decoder_layers
+    layers_ = SPEC.site(site).num_layers
     hooks = hooks_lib.Hooks(kv_prefixes={site: _random_prefix(layers_, 1, positions, 1)})
     return model.apply({"params": params}, batch["encoder_input_tokens"],
                        batch["decoder_input_tokens"], hooks=hooks)
 
   def logits(site, positions):
     return np.asarray(apply(site, positions))
-  # (decoder_self: the exact-parity test above differs from the zero-bias one.)
-  assert np.abs(logits("encoder", "past") - logits("encoder", "none")).max() > 1e-3
+  # (decoder/self: the exact-parity test above differs from the zero-bias one.)
+  assert np.abs(logits("encoder/self", "past") - logits("encoder/self", "none")).max() > 1e-3
   # Cross-attention has no position bias: "past" is "none" there.
-  np.testing.assert_array_equal(logits("decoder_cross", "past"),
-                                logits("decoder_cross", "none"))
+  np.testing.assert_array_equal(logits("decoder/cross", "past"),
+                                logits("decoder/cross", "none"))
 
 
 def test_past_prefix_cached_decoding_matches_full_pass(checkpoint):
@@ -330,8 +333,8 @@ def test_past_prefix_cached_decoding_matches_full_pass(checkpoint):
   batch = _batch()
   enc, dec = batch["encoder_input_tokens"], batch["decoder_input_tokens"]
   hooks = hooks_lib.Hooks(kv_prefixes={
-      "decoder_self": _random_prefix(CONFIG.num_decoder_layers, enc.shape[0], "past", 2),
-      "encoder": _random_prefix(CONFIG.num_encoder_layers, 1, "past", 3)})
+      "decoder/self": _random_prefix(CONFIG.num_decoder_layers, enc.shape[0], "past", 2),
+      "encoder/self": _random_prefix(CONFIG.num_encoder_layers, 1, "past", 3)})
   model = t5.T5(CONFIG)
 
   @jax.jit
@@ -396,7 +399,7 @@ def test_multitask_prompt_tuning_matches_peft(checkpoint, submodules):
   out.loss.backward()
   peft_grads = {k: v.grad.detach().numpy() for k, v in tensors.items()}
 
-  method = mpt.MPT(CONFIG, num_tasks=num_tasks, length=P, rank=ranks,
+  method = mpt.MPT(SPEC, num_tasks=num_tasks, length=P, rank=ranks,
                    decoder_length=(submodules - 1) * P)
   loss, grads = _our_loss_and_grad(method, trainables, params,
                                    dict(batch, task_index=task_ids))

@@ -1,16 +1,13 @@
 """Soft prompt initialisers, placements and the SoftPrompt module."""
-import types
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ptuning_jax.backbones import t5
 from ptuning_jax.methods import initializers
-
 from ptuning_jax.methods import placements
-
 from ptuning_jax.methods import prompt_tuning
 from ptuning_jax.data import vocab as vocab_lib
 
@@ -128,8 +125,8 @@ def test_unknown_placement():
 
 
 def test_soft_prompt_module_hooks_and_axes(context):
-  cfg = types.SimpleNamespace(d_model=H)
-  module = prompt_tuning.SoftPrompt(spec=cfg, length=P, decoder_length=2,
+  spec = t5.hook_spec(t5.get_config("tiny", d_model=H, vocab_size=V))
+  module = prompt_tuning.SoftPrompt(spec=spec, length=P, decoder_length=2,
                               initializer=initializers.sampled_vocab(50))
   variables = module.init(jax.random.key(0), 1, context)
   specs = nn.get_partition_spec(variables)["params"]
@@ -138,9 +135,10 @@ def test_soft_prompt_module_hooks_and_axes(context):
   params = nn.meta.unbox(variables)["params"]
   assert params["prompt"].shape == (P, H)
   hk = module.apply({"params": params}, 3)
-  assert hk.decoder_prefix.shape == (3, 2, H)
+  assert set(hk.prefix) == {"decoder"} and set(hk.inputs) == {"encoder"}
+  assert hk.prefix["decoder"].shape == (3, 2, H)
   x = jnp.zeros((3, 4, H))
   mask = jnp.ones((3, 4), jnp.int32)
-  out, out_mask = hk.encoder_inputs(x, jnp.ones((3, 4), jnp.int32), mask)
+  out, out_mask = hk.inputs["encoder"](x, jnp.ones((3, 4), jnp.int32), mask)
   assert out.shape == (3, P + 4, H) and out_mask.shape == (3, P + 4)
   np.testing.assert_array_equal(out[1, :P], params["prompt"])

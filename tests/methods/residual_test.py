@@ -24,7 +24,7 @@ def test_param_count_matches_formula(layer_norm):
 
 def test_large_count_matches_dpt_figure():
   # DPT's Figure 1: residual prompt tuning on T5-Large has 925K parameters.
-  method = residual.ResidualPrompt(t5.get_config("large"), length=100, bottleneck=400,
+  method = residual.ResidualPrompt(mt.spec(t5.get_config("large")), length=100, bottleneck=400,
                                    initializer=initializers.normal())
   assert methods.count_params(method) == 925_072
 
@@ -38,7 +38,7 @@ def test_reparameterisation_formula():
   tr["mlp"]["layer_norm"] = {"scale": rng.normal(size=cfg.d_model).astype(np.float32),
                              "bias": rng.normal(size=cfg.d_model).astype(np.float32)}
   x = np.zeros((1, 2, cfg.d_model), np.float32)
-  out, _ = method.apply({"params": tr}, 1).encoder_inputs(
+  out, _ = method.apply({"params": tr}, 1).inputs["encoder"](
       x, np.ones((1, 2), np.int32), np.ones((1, 2), bool))
   mlp = tr["mlp"]
   h = np.maximum(tr["prompt"] @ mlp["down"]["kernel"] + mlp["down"]["bias"], 0)
