@@ -43,6 +43,9 @@ def build(backbone: Any, method: Any, data: Any, *,
     ValueError: the backbone cannot serve the data's kind.
   """
   kind = getattr(data, "task_kind", TEXT)
+  for term in loss_terms:  # e.g. distillation teachers that do not fit
+    if hasattr(term, "check"):
+      term.check(backbone.spec, method)
   if kind not in SERVES:
     raise ValueError(f"Unknown task kind {kind!r} of {type(data).__name__}; expected "
                      f"one of {sorted(SERVES)}.")

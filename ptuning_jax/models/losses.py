@@ -154,25 +154,25 @@ class PromptDistillation:
     return hooks_lib.Hooks(inputs={spec.input_stack: (
         lambda x, tokens, mask: placements.prefix(prompt, x, tokens, mask))})
 
-  def check(self, model) -> None:
+  def check(self, spec: hooks_lib.HookSpec, method: Any) -> None:
     """The student must be a prefix prompt of the teachers' width, one task
-    per teacher."""
+    per teacher (checked when the model is built, and again when traced)."""
     teachers = np.shape(self.teachers)
-    if teachers[2] != model.spec.embed_dim:
+    if teachers[2] != spec.embed_dim:
       raise ValueError(f"Prompt distillation: teacher prompts [K, Pt, H] = {teachers} "
-                       f"do not fit the backbone's embed width {model.spec.embed_dim}.")
-    num_tasks = getattr(model.method, "num_tasks", None)
+                       f"do not fit the backbone's embed width {spec.embed_dim}.")
+    num_tasks = getattr(method, "num_tasks", None)
     if num_tasks is not None and num_tasks != teachers[0]:
       raise ValueError(f"Prompt distillation: {teachers[0]} teacher prompts for a "
                        f"method with num_tasks={num_tasks}.")
-    placement = getattr(model.method, "placement", "prefix")
+    placement = getattr(method, "placement", "prefix")
     if placement != "prefix":
       raise ValueError(f"Prompt distillation needs the student's placement='prefix'; "
                        f"the method has {placement!r}.")
 
   def __call__(self, model, trainables, frozen, batch, outputs, rng, deterministic):
     del rng
-    self.check(model)
+    self.check(model.spec, model.method)
     teacher = model.forward(model.backbone_params(trainables, frozen), batch,
                             self.teacher_hooks(model.spec, batch), deterministic=True)
     teacher = jax.lax.stop_gradient(teacher)

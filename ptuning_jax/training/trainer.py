@@ -171,7 +171,9 @@ class Trainer:
       return fn(*args, **kwargs)
 
   def place_state(self, state: TrainState) -> TrainState:
-    return jax.device_put(state, self.replicated)
+    """The state on the mesh, replicated, never aliasing the caller's arrays
+    (the step donates it)."""
+    return jax.device_put(state, self.replicated, may_alias=False)
 
   def place_batch(self, batch: Mapping[str, np.ndarray]) -> Batch:
     """Host-local rows [B / processes, ...] -> global arrays sharded over `data`."""
