@@ -279,3 +279,16 @@ def write_tiny_bert_checkpoint(directory: str, seed: int = 0, **overrides) -> st
   config = tiny_bert_config(**overrides)
   hf_bert.save_checkpoint(bert.init_params(config, seed), config, directory)
   return write_wordpiece_tokenizer(directory)
+
+
+def installed(module: str, repo) -> bool:
+  """Whether `module` is installed; a folder of the repository `repo` that a
+  test put on sys.path (tests/data/seqio for seqio) is a namespace package,
+  not the module."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec(module)
+  if spec is None or spec.origin is not None:
+    return spec is not None
+  return any(pathlib.Path(repo) not in pathlib.Path(p).resolve().parents
+             for p in spec.submodule_search_locations)

@@ -87,13 +87,8 @@ def _imports(path: pathlib.Path) -> tuple[set[str], set[str]]:
 
 
 def _installed(module: str) -> bool:
-  """Whether `module` is installed; a folder of this repository that a test put
-  on sys.path (tests/data/seqio for seqio) is a namespace package, not it."""
-  spec = importlib.util.find_spec(module)
-  if spec is None or spec.origin is not None:
-    return spec is not None
-  return any(REPO not in pathlib.Path(p).resolve().parents
-             for p in spec.submodule_search_locations)
+  from ptuning_jax import testing  # pylint: disable=g-import-not-at-top
+  return testing.installed(module, REPO)
 
 
 @functools.cache
