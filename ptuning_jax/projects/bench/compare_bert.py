@@ -28,6 +28,10 @@ Load conditions:
   --taskset CPUS   pins both arms to CPUS (`taskset -c`); with
                    --peer_taskset the peer gets its own CPUs, e.g. one core
                    each side by side (`--taskset 0 --peer_taskset 1`).
+  --peer_threads N torch's intra-op threads (default: one per core). Its
+                   OpenMP threads spin while they wait, which costs it dearly
+                   when two processes share the cores; side by side,
+                   `--peer_threads 1` is the peer's best setting here.
 
 Batches (`write_batches`, one .npz both arms read): `--batches sst2` (the
 default) takes the first N training batches of SST-2 as a run sees them
@@ -154,7 +158,9 @@ def ours_command(method: str, args: argparse.Namespace, batches: str, steps: int
 
 def peer_command(script: pathlib.Path, method: str, args: argparse.Namespace,
                  batches: str, steps: int, warmup: int) -> list[str]:
-  return [sys.executable, str(script)] + arm_args(method, args, batches, steps, warmup)
+  threads = ["--threads", str(args.peer_threads)] if args.peer_threads else []
+  return [sys.executable, str(script)] + arm_args(method, args, batches, steps,
+                                                  warmup) + threads
 
 
 def _pin(cpus: str) -> list[str]:
@@ -332,6 +338,8 @@ def parser() -> argparse.ArgumentParser:
                  help="run both arms at once, timed windows aligned.")
   p.add_argument("--taskset", default="", help="CPUs for both arms (taskset -c).")
   p.add_argument("--peer_taskset", default="", help="CPUs for the peer only.")
+  p.add_argument("--peer_threads", type=int, default=0,
+                 help="the peer's torch threads (default: torch's own choice).")
   p.add_argument("--bench_args", default="", help="extra arguments for our arm.")
   p.add_argument("--peft_script", default=str(DEFAULT_PEFT_SCRIPT))
   p.add_argument("--accuracy", action="store_true",

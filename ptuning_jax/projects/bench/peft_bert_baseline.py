@@ -18,9 +18,10 @@ checkpoint's `hidden_dropout_prob`), then a fresh linear classifier (normal
                  and token types extended; position ids count them), the
                  classifier trains too (PEFT's `modules_to_save`). The
                  prompt starts from P word-embedding rows sampled without
-                 replacement from ids [1996, 6996) (our `sampled_vocab(
-                 first_id=1996)`; from 0 in a vocabulary that small); PEFT's own RANDOM init is N(0, 1), far
-                 off BERT's embedding scale.
+                 replacement from ids [1996, 6996), as our
+                 `sampled_vocab(first_id=1996)` (from id 0 in a vocabulary
+                 that small); PEFT's own RANDOM init, N(0, 1), is far off
+                 BERT's embedding scale.
   full_finetune  every parameter trains (plain Devlin et al. fine-tuning).
 torch AdamW (no weight decay, eps 1e-8) with a linear decay to 0 over
 `--total_steps` (or a constant rate), at the MiniLM study's rates (prompt
@@ -34,9 +35,14 @@ Batches (`--batches`, an .npz written by `compare_bert.write_batches`):
 Timing: `--warmup` steps, then `--steps` timed steps (each: tensors from the
 host arrays, forward, backward, optimizer step); seconds per step is their
 mean; `cpu_s_per_step` is the process's CPU time (all threads) per timed
-step. `--sync_dir` lines the timed window up with our arm's (side by side). One JSON line: system, method, batch, length, prompt, frozen_params,
-trainable_params, step_s, cpu_s_per_step, examples_per_s, tokens_per_s (B * (T + P) /
-step_s), loss, torch, threads (and dev_accuracy, train_s with `--eval`).
+step. `--threads` sets torch's intra-op threads (its OpenMP threads spin
+while they wait, which costs it dearly when the cores are oversubscribed).
+`--sync_dir` lines the timed window up with our arm's (side by side).
+
+One JSON line: system, method, batch, length, prompt, frozen_params,
+trainable_params, step_s, cpu_s_per_step, examples_per_s, tokens_per_s
+(B * (T + P) / step_s), loss, torch, threads (and dev_accuracy, train_s,
+dev_examples with `--eval`).
 
 Dimension letters: N batches, B batch, T length, P prompt length, D dev
 examples, H hidden size, C classes.
@@ -47,10 +53,10 @@ import pathlib
 import time
 
 import numpy as np
-import torch
-from sklearn import metrics as sk_metrics
-from transformers import AutoModelForSequenceClassification
 
+# torch, transformers, peft and scikit-learn are imported inside the functions
+# that use them, so that importing this module (as the package's import
+# checks do) needs none of them.
 METHODS = ("prompt_tuning", "full_finetune")
 FIRST_WORD_ID, POPULATION = 1996, 5000  # BERT's first real word piece ("the")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -66,6 +72,8 @@ def default_checkpoint() -> str:
 
 def build_model(args, num_classes: int):
   """The classifier (PEFT-wrapped for prompt tuning) and its param groups."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from transformers import AutoModelForSequenceClassification  # pylint: disable=import-outside-toplevel
   model = AutoModelForSequenceClassification.from_pretrained(
       args.checkpoint_dir, num_labels=num_classes)
   backbone = sum(p.numel() for n, p in model.named_parameters()
@@ -93,6 +101,7 @@ def build_model(args, num_classes: int):
 
 
 def make_optimizer(groups, args):
+  import torch  # pylint: disable=import-outside-toplevel
   opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
   if args.schedule == "constant":
     return opt, None
@@ -125,6 +134,7 @@ def keep_busy(sync_dir, name, step, timeout_s=1800.0):
 
 
 def load_batches(path: str):
+  import torch  # pylint: disable=import-outside-toplevel
   with np.load(path) as f:
     arrays = {k: f[k] for k in f.files}
   train = [{k: torch.from_numpy(arrays[k][i]) for k in INPUT_KEYS + ("label",)}
@@ -137,6 +147,8 @@ def to_inputs(batch):
 
 
 def evaluate(model, arrays, batch_size: int = 64) -> float:
+  import torch  # pylint: disable=import-outside-toplevel
+  from sklearn import metrics as sk_metrics  # pylint: disable=import-outside-toplevel
   model.eval()
   preds = []
   with torch.no_grad():
@@ -148,7 +160,7 @@ def evaluate(model, arrays, batch_size: int = 64) -> float:
   return float(sk_metrics.accuracy_score(arrays["dev_label"], np.concatenate(preds)))
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--batches", required=True, help="the .npz of compare_bert.")
   p.add_argument("--method", default="prompt_tuning", choices=METHODS)
@@ -164,10 +176,16 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--eval", action="store_true", help="dev accuracy after training.")
   p.add_argument("--sync_dir", default="", help="side-by-side barrier directory.")
-  a = p.parse_args(argv)
-  a.checkpoint_dir = a.checkpoint_dir or default_checkpoint()
-  if a.method == "full_finetune":
-    a.prompt = 0
+  p.add_argument("--threads", type=int, default=0,
+                 help="torch intra-op threads (default: torch's, one per core).")
+  return p
+
+
+def run(a) -> dict:
+  """Builds, warms up, times (and with --eval scores); returns the record."""
+  import torch  # pylint: disable=import-outside-toplevel
+  if a.threads:
+    torch.set_num_threads(a.threads)
   torch.manual_seed(a.seed)
   train, arrays = load_batches(a.batches)
   num_classes = int(arrays["num_classes"]) if "num_classes" in arrays else 2
@@ -208,6 +226,18 @@ def main(argv=None):
   if a.eval:
     record.update(dev_accuracy=evaluate(model, arrays), train_s=round(train_s, 1),
                   dev_examples=int(arrays["dev_label"].shape[0]))
+  return record
+
+
+def main(argv=None):
+  a = parser().parse_args(argv)
+  a.checkpoint_dir = a.checkpoint_dir or default_checkpoint()
+  if a.method == "full_finetune":
+    a.prompt = 0
+  if a.warmup < 1 or a.steps < 1:
+    raise SystemExit(f"peft_bert_baseline: --warmup and --steps must be >= 1 (got "
+                     f"{a.warmup}, {a.steps}).")
+  record = run(a)
   print(json.dumps(record), flush=True)
   return record
 
