@@ -122,6 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  from ptuning_jax.training import cpu_speed  # pylint: disable=g-import-not-at-top
+  cpu_speed.unroll_threefry()  # same dropout masks, faster on CPU
   if not argv or argv[0] in ("-h", "--help"):
     print(__doc__)
     return 0

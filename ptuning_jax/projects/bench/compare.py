@@ -43,7 +43,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[3]  # the repository root
 DEFAULT_PEFT_SCRIPT = REPO.parent / "shared" / "bench" / "peft_t5_baseline.py"
 TUNED_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
