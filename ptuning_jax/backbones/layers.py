@@ -223,33 +223,15 @@ class DenseGeneral(nn.Module):
         shape, self.param_dtype)
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    y = _matmul(x, kernel, self.num_in, self.output_dtype)
+    contract = (tuple(range(x.ndim - self.num_in, x.ndim)), tuple(range(self.num_in)))
+    y = lax.dot_general(x, kernel, (contract, ((), ())),
+                        preferred_element_type=self.output_dtype)
     if not self.use_bias:
       return y
     bias = self.param("bias", nn.with_logical_partitioning(
         nn.initializers.zeros, self.kernel_axes[self.num_in:]),
         tuple(self.features), self.param_dtype)
     return y + bias.astype(y.dtype)
-
-
-def _matmul(x: Array, kernel: Array, num_in: int, output_dtype: Optional[DType]) -> Array:
-  """x [..., *in] . kernel [*in, *out] -> [..., *out] as one 2-D matmul.
-
-  The leading axes and the contracted axes are each merged first ([R, I] @
-  [I, O]; row-major reshapes, free), so the forward pass and both of its
-  autodiff transposes (the input gradient [R, O] @ [O, I] and the kernel
-  gradient [I, R] @ [R, O]) are plain 2-D matmuls. Contracting the leading
-  axes of a 3-D activation instead (the kernel gradient of a [B, T, H]
-  input) made XLA CPU copy-transpose the output gradient before every
-  kernel-gradient matmul: 3 ms of the 11 ms of each MLP kernel gradient of
-  MiniLM at B * T = 768 on one core. Same products and sums (float32
-  reassociation at most).
-  """
-  in_shape, out_shape = kernel.shape[:num_in], kernel.shape[num_in:]
-  rows = x.reshape((-1, math.prod(in_shape)))  # [R, I]
-  y = lax.dot_general(rows, kernel.reshape((math.prod(in_shape), -1)),
-                      (((1,), (0,)), ((), ())), preferred_element_type=output_dtype)
-  return y.reshape(x.shape[:x.ndim - num_in] + tuple(out_shape))  # [..., *out]
 
 
 class Embed(nn.Module):
