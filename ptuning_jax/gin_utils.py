@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import re
 from typing import Sequence
 
 import gin
@@ -74,6 +75,38 @@ def _resolve(path: str, search_paths: Sequence[str]) -> str | None:
     if os.path.isfile(candidate):
       return os.path.abspath(candidate)
   return None
+
+
+_INCLUDE = re.compile(r"^include\s+['\"](.+?)['\"]", re.M)
+_MACRO_DEFINITION = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*$", re.M)
+_MACRO_REFERENCE = re.compile(r"%([A-Z][A-Z0-9_]*)\b")
+
+
+def required_macros(gin_file: str, search_paths: Sequence[str] = ()) -> list[str]:
+  """The macros `gin_file` (with its includes) leaves to be set: those bound
+  to `%gin.REQUIRED` and those referenced but never defined (e.g. METHOD,
+  which a gin/methods/*.gin file provides). Read from the text, not parsed."""
+  paths = list(search_paths) + list(DEFAULT_SEARCH_PATHS)
+  required, defined, referenced = set(), set(), set()
+
+  def visit(name: str) -> None:
+    path = _resolve(name, paths)
+    if path is None:
+      raise GinConfigError(f"gin file {name!r} not found (searched {paths}).")
+    with open(path) as f:
+      text = "\n".join(l for l in f.read().splitlines() if not l.lstrip().startswith("#"))
+    for include in _INCLUDE.findall(text):
+      visit(include)
+    for macro, value in _MACRO_DEFINITION.findall(text):
+      defined.add(macro)
+      if value == "%gin.REQUIRED":
+        required.add(macro)
+      else:  # a later file gave it a value
+        required.discard(macro)
+    referenced.update(_MACRO_REFERENCE.findall(text))
+
+  visit(gin_file)
+  return sorted(required | (referenced - defined))
 
 
 def flag_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -125,11 +125,17 @@ def run(workdir: str, pretrain_steps: int, prompt_steps: int,
 def main(argv=None):
   p = argparse.ArgumentParser(prog="ptuning-jax demo", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--workdir", default=None, help="default: a new temp dir")
-  p.add_argument("--pretrain_steps", type=int, default=1500)
-  p.add_argument("--prompt_steps", type=int, default=300)
-  p.add_argument("--prompt_length", type=int, default=16)
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--workdir", default=None,
+                 help="where the backbone and the prompt run go (default: a new temp dir).")
+  p.add_argument("--pretrain_steps", type=int, default=1500,
+                 help="steps training the toy backbone, if WORKDIR has none "
+                 "(default: %(default)s).")
+  p.add_argument("--prompt_steps", type=int, default=300,
+                 help="prompt-tuning steps (default: %(default)s).")
+  p.add_argument("--prompt_length", type=int, default=16,
+                 help="soft prompt tokens (default: %(default)s).")
+  p.add_argument("--seed", type=int, default=0,
+                 help="seed of the backbone, the data and the prompt (default: %(default)s).")
   args = p.parse_args(argv)
   logging.getLogger("absl").setLevel(logging.WARNING)
   workdir = args.workdir or tempfile.mkdtemp(prefix="ptuning_jax_demo_")

@@ -150,10 +150,12 @@ def train(*, model_dir: str, backbone: backbones.BackboneSpec,
           model: Callable[..., task_model.TaskModel] = models.build) -> dict:
   """Trains `method` on `data` over a frozen `backbone`; returns final
   metrics. `model`: see `build_run`."""
-  os.makedirs(model_dir, exist_ok=True)
-  gin_utils.write_config(model_dir, "config.gin")
   run = build_run(backbone=backbone, method=method, data=data, optimizer=optimizer,
                   mesh=mesh, seed=seed, num_microbatches=num_microbatches, model=model)
+  train_iter = data.train_iterator()
+  # Only a run whose inputs were checked leaves a config.gin (or a MODEL_DIR).
+  os.makedirs(model_dir, exist_ok=True)
+  gin_utils.write_config(model_dir, "config.gin")
   writer = summaries.MetricWriter(model_dir)
   report = parameter_report(run)
   log.info("trainable params %d (%.6f%% of %d)", report["trainable_params"],
@@ -164,7 +166,6 @@ def train(*, model_dir: str, backbone: backbones.BackboneSpec,
       os.path.join(model_dir, "checkpoints"), keep=keep_checkpoints,
       keep_best=eval_config.best_metric if eval_every else None,
       best_mode=eval_config.best_mode)
-  train_iter = data.train_iterator()
   state = _maybe_restore(run, ckpt, train_iter)
   final = _train_loop(run, state, train_iter, writer, ckpt, num_steps=num_steps,
                       eval_every=eval_every, eval_config=eval_config,
@@ -287,11 +288,12 @@ def infer(*, backbone: backbones.BackboneSpec, method: Callable[..., Any],
           model_dir: Optional[str] = None, checkpoint_step: Optional[int] = None,
           batch_size: int = 32, max_decode_length: Optional[int] = None,
           mesh: MeshConfig = MeshConfig(), seed: int = 42,
-          model: Callable[..., task_model.TaskModel] = models.build) -> int:
-  """Predictions for every input of `input_file` written as JSONL; returns the
-  count. Text data: one input text per line (or JSONL with an "inputs"
-  field), greedy decodes. Classification data: JSONL rows in the task's raw
-  format (its fields), the predicted label (or score) per row."""
+          model: Callable[..., task_model.TaskModel] = models.build) -> dict:
+  """Predictions for every input of `input_file` written as JSONL; returns
+  `{"output_file": output_file, "predictions": count}` (what the CLI prints).
+  Text data: one input text per line (or JSONL with an "inputs" field),
+  greedy decodes. Classification data: JSONL rows in the task's raw format
+  (its fields), the predicted label (or score) per row."""
   run = build_run(backbone=backbone, method=method, data=data,
                   optimizer=optimizers.OptimizerConfig(), mesh=mesh, seed=seed,
                   model=model)
@@ -310,4 +312,4 @@ def infer(*, backbone: backbones.BackboneSpec, method: Callable[..., Any],
     rows = [dict(row, prediction=data.describe_output(o))
             for row, o in zip(inputs, outputs)]
   files.write_jsonl(output_file, rows)
-  return len(rows)
+  return {"output_file": output_file, "predictions": len(rows)}

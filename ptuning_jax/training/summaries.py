@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, TextIO
 
 import jax
 import numpy as np
+import tqdm
 
 JSONL_NAME = "metrics.jsonl"
 HPARAMS_NAME = "hparams.json"
@@ -125,8 +126,11 @@ class MetricWriter:
     step = int(step)
     if self.console:
       body = " ".join(f"{k}={v:.6g}" for k, v in sorted(values.items()))
-      print(f"[{prefix}] step {step}: {body}",
-            file=self._stream or sys.stdout, flush=True)
+      # tqdm.write clears an active progress bar first (and redraws it after),
+      # so the line never lands on the bar's line; without a bar, a print.
+      stream = self._stream or sys.stdout
+      tqdm.tqdm.write(f"[{prefix}] step {step}: {body}", file=stream)
+      stream.flush()
     if self.tensorboard:
       writer = self._tb(prefix)
       for name, value in values.items():

@@ -8,6 +8,7 @@ import struct
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tqdm
 from tensorboardX.proto import event_pb2
 
 from ptuning_jax.training import summaries
@@ -99,6 +100,21 @@ def test_write_hparams(tmp_path):
                               tensorboard=False) as writer:
     with pytest.raises(TypeError, match="'fn'"):
       writer.write_hparams({"fn": object()})
+
+
+def test_console_line_never_lands_on_the_progress_bar(tmp_path):
+  """With a progress bar drawn on the same stream, the metric line starts a
+  line of its own (the bar is cleared first and redrawn after)."""
+  stream = io.StringIO()
+  with tqdm.tqdm(total=10, desc="train", file=stream) as bar, summaries.MetricWriter(
+      tmp_path, tensorboard=False, jsonl=False, stream=stream) as writer:
+    bar.update(3)
+    bar.refresh()
+    writer.write(3, {"loss": 1.5})
+  text = stream.getvalue()
+  line = text.index("[train] step 3: loss=1.5\n")
+  assert "train:  30%" in text[:line]  # the bar was drawn before the line
+  assert text[line - 1] in "\r\n", repr(text[:line + 30])
 
 
 def test_only_enabled_process_writes(tmp_path):
