@@ -190,10 +190,11 @@ def _missing_extra(error: BaseException) -> Optional[str]:
   """`needs the X extra ...` when `error`, or an error it came from (gin
   wraps import errors), is an optional module that is not installed."""
   while error is not None:
-    top = (getattr(error, "name", None) or "").split(".")[0]
-    for extra, (what, modules) in EXTRAS.items():
-      if isinstance(error, ModuleNotFoundError) and top in modules:
-        return f"needs the {extra} extra ({what}): pip install -e \".[{extra}]\""
+    if isinstance(error, ModuleNotFoundError):
+      top = (error.name or "").split(".")[0]
+      for extra, (what, modules) in EXTRAS.items():
+        if top in modules:
+          return f"needs the {extra} extra ({what}): pip install -e \".[{extra}]\""
     error = error.__cause__ or error.__context__
   return None
 
@@ -207,14 +208,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from ptuning_jax.training import cpu_speed  # pylint: disable=g-import-not-at-top
-  cpu_speed.unroll_threefry()  # same dropout masks, faster on CPU
   if not argv or argv[0] in ("-h", "--help"):
     print(__doc__)
     return 0
   if argv[0] == "--version":
     print(f"ptuning-jax {version()}")
     return 0
+  # After the answers that need no jax (help, version): this imports it.
+  from ptuning_jax.training import cpu_speed  # pylint: disable=g-import-not-at-top
+  cpu_speed.unroll_threefry()  # same dropout masks, faster on CPU
   command, rest = argv[0], argv[1:]
   try:
     if command in GIN_COMMANDS:
